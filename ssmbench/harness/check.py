@@ -1,0 +1,109 @@
+"""Correctness of one backend on one problem, against the op's float64 reference.
+
+Used both by the tests and by the runner before any case is timed. Freshly allocated memory is
+filled with NaN while the backend runs, so an output element it never writes cannot pass.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import torch
+
+from ..impls.base import Backend, Problem
+from ..impls.registry import get_op
+
+
+@dataclass(frozen=True)
+class Check:
+    rel_error: float  # worst relative norm error over the outputs
+    tolerance: float
+    worst_output: str
+
+    @property
+    def passed(self) -> bool:
+        return self.rel_error <= self.tolerance
+
+    def describe(self) -> str:
+        verdict = "within" if self.passed else "exceeds"
+        return (f"relative error {self.rel_error:.3g} of output {self.worst_output!r} {verdict} "
+                f"tolerance {self.tolerance:.3g}")
+
+
+@contextlib.contextmanager
+def poisoned_allocations():
+    """While active, torch.empty & co. return NaN-filled float tensors (torch's own switch)."""
+    was_det = torch.are_deterministic_algorithms_enabled()
+    was_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    was_fill = torch.utils.deterministic.fill_uninitialized_memory
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = True
+    try:
+        yield
+    finally:
+        torch.utils.deterministic.fill_uninitialized_memory = was_fill
+        torch.use_deterministic_algorithms(was_det, warn_only=was_warn)
+
+
+def clone_args(kwargs: Mapping[str, Any], dtype: torch.dtype | None = None, device: str | None = None):
+    """Copies of the tensor arguments (so in-place updates of one call do not leak into another),
+    optionally cast to ``dtype`` and moved to ``device``."""
+    out = {}
+    for key, value in kwargs.items():
+        if isinstance(value, torch.Tensor):
+            value = value.detach().clone()
+            if dtype is not None and value.is_floating_point():
+                value = value.to(dtype)
+            if device is not None:
+                value = value.to(device)
+        out[key] = value
+    return out
+
+
+def rel_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """||actual - expected|| / ||expected|| in float64; NaN or Inf anywhere gives inf."""
+    if actual.shape != expected.shape:
+        raise ValueError(f"output has shape {tuple(actual.shape)}, the reference {tuple(expected.shape)}")
+    a = actual.detach().to("cpu", torch.float64)
+    e = expected.detach().to("cpu", torch.float64)
+    if not torch.isfinite(a).all():
+        return math.inf
+    denom = e.norm().item()
+    diff = (a - e).norm().item()
+    return diff / denom if denom > 0 else diff
+
+
+def reference_outputs(problem: Problem, kwargs: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """The op's float64 reference on the given inputs (upcast to float64, on the CPU)."""
+    op = _op_of(problem)
+    ref_args = clone_args(kwargs, dtype=torch.float64, device="cpu")
+    result = op.reference_fn(**ref_args)
+    return op.outputs(ref_args, result)
+
+
+def _op_of(problem: Problem):
+    # Each op's Problem class lives in ssmbench.impls.<op>.
+    return get_op(problem.__class__.__module__.split(".")[2])
+
+
+def check(backend: Backend, problem: Problem, seed: int = 0,
+          inputs: Mapping[str, Any] | None = None) -> Check:
+    """Run ``backend`` once on fresh random inputs for ``problem`` and compare with the reference."""
+    op = _op_of(problem)
+    if inputs is None:
+        inputs = op.make_inputs(problem, torch.Generator().manual_seed(seed))
+    expected = reference_outputs(problem, inputs)
+    args = clone_args(inputs)
+    with poisoned_allocations():
+        result = backend(**args)
+    if problem.device == "cuda":
+        torch.cuda.synchronize()
+    actual = op.outputs(args, result)
+    missing = set(expected) - set(actual)
+    if missing:
+        raise ValueError(f"backend {backend.name} returned no {', '.join(sorted(missing))}")
+    errors = {name: rel_error(actual[name], expected[name]) for name in expected}
+    worst = max(errors, key=errors.get)
+    return Check(errors[worst], backend.tolerance(problem.dtype), worst)

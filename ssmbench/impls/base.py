@@ -1,0 +1,241 @@
+"""The one interface: ops, backends and the words they use to say why they cannot run.
+
+An :class:`Op` knows its arguments (how to validate them, how to make random ones for a
+:class:`Problem`), its float64 reference, and the cost model used for derived units. A
+:class:`Backend` declares as data where and on what it runs; its two reason methods keep
+"cannot run on this machine" apart from "cannot run this problem".
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import importlib.metadata
+import importlib.util
+import os
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any, Callable, Mapping
+
+import torch
+
+DTYPES: dict[str, torch.dtype] = {
+    "float64": torch.float64,
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+
+# Relative-norm error allowed against the float64 reference, by compute dtype. A backend may
+# declare its own; these are the defaults every backend starts from.
+DEFAULT_TOLERANCES: Mapping[str, float] = {
+    "float64": 1e-10,
+    "float32": 1e-4,
+    "bfloat16": 2e-2,
+    "float16": 5e-3,
+}
+
+
+class BackendError(RuntimeError):
+    """A named backend cannot run: not available here, or not for this problem."""
+
+
+class UnknownName(ValueError):
+    """An unknown op, backend, suite or preset; the message lists the known names."""
+
+
+def unknown(kind: str, name: str, known) -> UnknownName:
+    return UnknownName(f"unknown {kind} {name!r}; known: {', '.join(sorted(known))}")
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return DTYPE_NAMES.get(dtype, str(dtype).removeprefix("torch."))
+
+
+def parse_dtype(name: str | torch.dtype) -> torch.dtype:
+    if isinstance(name, torch.dtype):
+        return name
+    if name not in DTYPES:
+        raise unknown("dtype", name, DTYPES)
+    return DTYPES[name]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Base for each op's problem: the sizes and options of one call, no tensors.
+
+    Subclasses add their size fields. ``device`` is "cpu" or "cuda"; ``dtype`` is a name
+    from :data:`DTYPES` (names, not torch objects, so rows stay flat and JSON-friendly).
+    """
+
+    dtype: str = "float32"
+    device: str = "cpu"
+
+    def params(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> "Problem":
+        """Build from strings or values (``--shape key=value``), naming any unknown key."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        bad = sorted(set(params) - set(fields))
+        if bad:
+            raise ValueError(
+                f"{cls.__name__}: unknown parameter(s) {', '.join(bad)}; known: {', '.join(fields)}"
+            )
+        values = {}
+        for key, raw in params.items():
+            default = fields[key].default
+            values[key] = _coerce(key, raw, type(default) if default is not dataclasses.MISSING else int)
+        problem = cls(**values)
+        parse_dtype(problem.dtype)
+        return problem
+
+    def replace(self, **changes) -> "Problem":
+        return dataclasses.replace(self, **changes)
+
+
+def _coerce(key: str, raw: Any, kind: type) -> Any:
+    if not isinstance(raw, str):
+        return raw
+    try:
+        if kind is bool:
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if kind is int:
+            return int(raw)
+        if kind is float:
+            return float(raw)
+    except ValueError:
+        raise ValueError(f"parameter {key!r} expects {kind.__name__}, got {raw!r}") from None
+    return raw
+
+
+@dataclass(frozen=True)
+class Op:
+    """One operation of the interface.
+
+    make_inputs(problem, generator) -> kwargs of the public function, on problem.device in
+    problem.dtype (fresh random data; never zeros).
+    problem_of(kwargs) -> Problem; validates shapes, dtypes and devices, raising ValueError
+    that names the argument, the expected shape and the one received.
+    outputs(kwargs, result) -> named tensors to compare (in-place state updates included).
+    reference: "module:function" of the float64 reference, same signature as the public op.
+    bytes_moved / flops(problem) -> the least the op must move / compute (derived units).
+    test_problems() -> the problems every backend is checked on: odd lengths, length 1, every
+    layout and optional argument (on the CPU, float32; the tests add devices and dtypes).
+    """
+
+    name: str
+    problem_type: type
+    make_inputs: Callable[[Problem, torch.Generator], dict[str, Any]]
+    problem_of: Callable[[Mapping[str, Any]], Problem]
+    outputs: Callable[[Mapping[str, Any], Any], dict[str, torch.Tensor]]
+    reference: str
+    bytes_moved: Callable[[Problem], int]
+    flops: Callable[[Problem], int]
+    default_problem: Problem
+    test_problems: Callable[[], list[Problem]]
+    doc: str = ""
+
+    @cached_property
+    def reference_fn(self) -> Callable:
+        return load_callable(self.reference)
+
+
+def load_callable(path: str) -> Callable:
+    module, _, attr = path.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def distribution_version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def cuda_available() -> bool:
+    return torch.cuda.is_available()
+
+
+def triton_interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One implementation of one op, its capabilities as data.
+
+    impl: "module:function" loaded only when the backend is called, so that listing backends
+    imports no optional package.
+    requires: import names that must be importable (words for each one missing).
+    limits: upper bounds on problem fields, e.g. {"dstate": 256}.
+    check_available / check_supported: extra reasons in words, for what data cannot say
+    (an extension that fails to build, a layout a kernel lacks).
+    priority: higher wins under backend="auto".
+    """
+
+    op: str
+    name: str
+    impl: str
+    devices: tuple[str, ...] = ("cpu", "cuda")
+    dtypes: tuple[str, ...] = ("float64", "float32", "bfloat16", "float16")
+    tolerances: Mapping[str, float] = field(default_factory=dict)
+    requires: tuple[str, ...] = ()
+    limits: Mapping[str, int] = field(default_factory=dict)
+    priority: int = 0
+    kind: str = "torch"  # reference | torch | triton | cuda | third-party
+    description: str = ""
+    check_available: Callable[[], list[str]] | None = None
+    check_supported: Callable[[Problem], list[str]] | None = None
+
+    def tolerance(self, dtype: str) -> float:
+        return self.tolerances.get(dtype, DEFAULT_TOLERANCES[dtype])
+
+    def unavailable_reasons(self) -> list[str]:
+        """Why this backend cannot run on this machine at all (empty: it can)."""
+        reasons = []
+        for module in self.requires:
+            try:
+                found = importlib.util.find_spec(module) is not None
+            except (ImportError, ValueError) as exc:
+                found = False
+                reasons.append(f"{module} cannot be located: {exc}")
+                continue
+            if not found:
+                reasons.append(f"{module} is not installed")
+        if reasons:
+            return reasons
+        if self.devices == ("cuda",) and not cuda_available():
+            reasons.append("needs a CUDA GPU; torch sees none")
+        if self.check_available is not None:
+            reasons.extend(self.check_available())
+        return reasons
+
+    def unsupported_reasons(self, problem: Problem) -> list[str]:
+        """Why this backend cannot run this particular problem (empty: it can)."""
+        reasons = []
+        if problem.device not in self.devices:
+            reasons.append(f"runs on {'/'.join(self.devices)}, not {problem.device}")
+        if problem.device == "cuda" and not cuda_available():
+            reasons.append("device cuda requested but torch sees no CUDA GPU")
+        if problem.dtype not in self.dtypes:
+            reasons.append(f"dtype {problem.dtype} not supported (supports {', '.join(self.dtypes)})")
+        params = problem.params()
+        for key, bound in self.limits.items():
+            if key in params and params[key] > bound:
+                reasons.append(f"{key}={params[key]} exceeds this backend's limit of {bound}")
+        if not reasons and self.check_supported is not None:
+            reasons.extend(self.check_supported(problem))
+        return reasons
+
+    @cached_property
+    def fn(self) -> Callable:
+        return load_callable(self.impl)
+
+    def __call__(self, **kwargs):
+        return self.fn(**kwargs)

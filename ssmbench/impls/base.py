@@ -192,6 +192,7 @@ class Backend:
     description: str = ""
     check_available: Callable[[], list[str]] | None = None
     check_supported: Callable[[Problem], list[str]] | None = None
+    no_gpu_reason: str = "needs a CUDA GPU; torch sees none"  # for devices == ("cuda",)
 
     def tolerance(self, dtype: str) -> float:
         return self.tolerances.get(dtype, DEFAULT_TOLERANCES[dtype])
@@ -211,7 +212,7 @@ class Backend:
         if reasons:
             return reasons
         if self.devices == ("cuda",) and not cuda_available():
-            reasons.append("needs a CUDA GPU; torch sees none")
+            reasons.append(self.no_gpu_reason)
         if self.check_available is not None:
             reasons.extend(self.check_available())
         return reasons
@@ -239,3 +240,23 @@ class Backend:
 
     def __call__(self, **kwargs):
         return self.fn(**kwargs)
+
+
+def triton_backend(op: str, impl: str, description: str, **fields) -> Backend:
+    """The backend of one of our Triton kernels.
+
+    Triton compiles for CUDA GPUs. With TRITON_INTERPRET=1 its interpreter runs the same kernels
+    in numpy, on CPU tensors too: correct but slow, so then the backend also lists the CPU and
+    ranks below torch under "auto". Triton reads the variable when a kernel is defined (the
+    first call imports the kernel module), so it must be set before that, and stays in force for
+    the whole process.
+    """
+    interpreting = triton_interpreting()
+    return Backend(
+        op=op, name="triton", impl=impl, kind="triton", requires=("triton",),
+        devices=("cpu", "cuda") if interpreting else ("cuda",),
+        dtypes=("float32", "bfloat16", "float16"),
+        priority=-10 if interpreting else 10,
+        no_gpu_reason="needs a CUDA GPU, or TRITON_INTERPRET=1 to run interpreted on the CPU",
+        description=description, **fields,
+    )

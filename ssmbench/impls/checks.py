@@ -98,3 +98,9 @@ def random_tensor(shape, generator: torch.Generator, dtype: torch.dtype, device:
 
 def element_size(dtype: str) -> int:
     return torch.empty((), dtype=DTYPES[dtype]).element_size()
+
+
+def weight_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of weights and carried states for activations of ``dtype``: float32 for half
+    precision (Mamba's mixed precision), float64 for float64."""
+    return torch.float64 if dtype == torch.float64 else torch.float32

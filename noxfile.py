@@ -1,0 +1,62 @@
+"""Entry points: ``nox -s bench`` (the CPU preset of every suite, then a report), ``tests``,
+``report``, ``gate``, ``gpu-bench``."""
+from __future__ import annotations
+
+import os
+import shutil
+
+import nox
+
+nox.options.sessions = ["tests"]
+nox.options.default_venv_backend = "venv"
+
+# The CPU wheel; an unpinned torch would pull a multi-GB CUDA build onto CPU machines.
+CPU_TORCH = "torch==2.13.0"
+SUITES = ("scaling", "ssd_speedup", "jamba_cache")
+
+
+def _install(session: nox.Session, extras: str = "test") -> None:
+    session.install(CPU_TORCH)
+    session.install("-e", f".[{extras}]")
+
+
+def _run_suites(session: nox.Session, preset: str) -> None:
+    """One run per suite at ``preset``, then one report of those runs."""
+    session.run("ssmbench", "run", "--suite", ",".join(SUITES), "--preset", preset, "--report")
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The test suite on the CPU (Triton kernels run interpreted)."""
+    _install(session, "test,peers")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """The main job: every suite at its cpu-small preset, then one report of those runs."""
+    _install(session)
+    _run_suites(session, "cpu-small")
+
+
+@nox.session
+def report(session: nox.Session) -> None:
+    """The report of the latest run (or of the runs given after --)."""
+    _install(session)
+    session.run("ssmbench", "report", *(session.posargs or ["latest"]))
+
+
+@nox.session(name="gpu-bench", venv_params=["--system-site-packages"])
+def gpu_bench(session: nox.Session) -> None:
+    """Every suite at the gpu preset, with every backend that can be installed here."""
+    if shutil.which("nvidia-smi") is None:
+        session.skip("no NVIDIA GPU on this machine (nvidia-smi not found); gpu-bench needs one")
+    # The system torch (a CUDA build) is kept: --system-site-packages, and no torch pin here.
+    session.install("-e", ".[test]")
+    for package in ("causal-conv1d", "mamba-ssm", "flash-attn"):
+        try:
+            session.install("--no-build-isolation", package,
+                            env={"MAX_JOBS": os.environ.get("MAX_JOBS", "8")})
+        except nox.command.CommandFailed:
+            session.warn(f"{package} could not be installed; its backends will say why")
+    _run_suites(session, "gpu")

@@ -1,0 +1,161 @@
+"""The ``ssmbench`` command line."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _shape(text: str) -> dict[str, str]:
+    params = {}
+    for item in filter(None, text.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise argparse.ArgumentTypeError(f"--shape expects key=value[,key=value...], got {item!r}")
+        params[key.strip()] = value.strip()
+    return params
+
+
+def cmd_list(args) -> int:
+    from tabulate import tabulate
+
+    from ..impls import OP_NAMES, backends, get_op, reasons
+
+    rows = []
+    for op in [args.op] if args.op else OP_NAMES:
+        problem = get_op(op).default_problem.replace(device=args.device) if args.device else None
+        for backend in backends(op).values():
+            status, why = reasons(backend, problem)
+            rows.append([op, backend.name, backend.kind, "/".join(backend.devices), status,
+                         "; ".join(why) or backend.description])
+    print(tabulate(rows, headers=["op", "backend", "kind", "devices", "status", "reason / description"],
+                   maxcolwidths=[None, None, None, None, None, 70]))
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from ..impls import backends, get_op
+    from ..suites.base import Case
+    from .session import start_run
+
+    op = get_op(args.op)
+    params = {**op.default_problem.params(), **_shape(args.shape), "device": args.device, "dtype": args.dtype}
+    problem = op.problem_type.from_params(params)  # names a bad key or value before anything runs
+    # The float64 reference is the ground truth, and slow: timed only when named.
+    names = (args.backends.split(",") if args.backends
+             else [n for n, b in backends(args.op).items() if b.kind != "reference"])
+    for name in names:
+        if name not in backends(args.op):
+            from ..impls.base import unknown
+
+            raise unknown(f"backend of {args.op}", name, backends(args.op))
+    cases = [Case(suite="compare", op=args.op, backend=name, params=problem.params(), series=name,
+                  budget_s=args.budget, timeout_s=args.timeout)
+             for name in names]
+    summary = start_run(f"compare-{args.op}", cases, suite="compare", preset="adhoc", device=args.device,
+                        results_dir=args.results_dir, threads=args.threads, progress=not args.quiet)
+    from .report import comparison_table
+
+    print(comparison_table(summary.run_path))
+    print(summary.line())
+    return 0
+
+
+def cmd_run(args) -> int:
+    from .session import resume_run, start_run
+
+    if args.resume:
+        summaries = [resume_run(args.resume, results_dir=args.results_dir, threads=args.threads,
+                                progress=not args.quiet)]
+    else:
+        from ..suites import get_suite
+
+        if not args.suite:
+            raise ValueError("--suite is required unless --resume names a run")
+        suites = [get_suite(name) for name in args.suite.split(",")]  # all names checked first
+        summaries = []
+        for suite in suites:
+            preset = args.preset or suite.default_preset
+            cases = suite.cases(preset)
+            if args.backends:
+                keep = set(args.backends.split(","))
+                cases = [c for c in cases if not c.backend or c.backend in keep]
+            device = "cuda" if any(c.params.get("device") == "cuda" for c in cases) else "cpu"
+            summaries.append(start_run(f"{suite.name}-{preset}", cases, suite=suite.name, preset=preset,
+                                       device=device, results_dir=args.results_dir, threads=args.threads,
+                                       progress=not args.quiet))
+            print(summaries[-1].line(), flush=True)
+    if args.resume:
+        print(summaries[0].line())
+    if args.report:
+        from .report import write_report
+
+        print(f"report: {write_report([s.run_path for s in summaries], out_dir=args.reports_dir)}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .report import write_report
+
+    print(write_report(args.runs or ["latest"], results_dir=args.results_dir, out_dir=args.reports_dir))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ssmbench", description=__doc__)
+    parser.add_argument("--results-dir", type=Path, default=None,
+                        help="where runs are stored (default: $SSMBENCH_RESULTS or ./results)")
+    parser.add_argument("--reports-dir", type=Path, default=Path("reports"), help="where reports are written")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("list", help="every op x backend, with its status and reasons")
+    p.add_argument("--op")
+    p.add_argument("--device", choices=["cpu", "cuda"], help="also check support for this device")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("compare", help="check and time backends of one op on one problem")
+    p.add_argument("--op", required=True)
+    p.add_argument("--backends", help="comma-separated names (default: all)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--shape", default="", help="problem fields, e.g. batch=1,dim=1536,dstate=16,seqlen=4096")
+    p.add_argument("--threads", type=int, help="torch threads (recorded)")
+    p.add_argument("--budget", type=float, default=2.0, help="seconds of timing per backend")
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds before a backend's case is killed")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("run", help="run a suite preset, or finish an interrupted run")
+    p.add_argument("--suite", help="suite name, or several separated by commas (one run each)")
+    p.add_argument("--preset")
+    p.add_argument("--backends", help="only these backends (comma-separated)")
+    p.add_argument("--resume", metavar="RUN", help="run folder, run id or 'latest' to finish")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--report", action="store_true", help="write the report when done")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("report", help="write the report of one or more runs")
+    p.add_argument("runs", nargs="*", help="run folders or ids (default: latest)")
+    p.set_defaults(func=cmd_report)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from ..harness.store import ResultsError
+    from ..impls.base import BackendError
+
+    try:
+        return args.func(args)
+    except (ValueError, BackendError, ResultsError) as exc:
+        print(f"ssmbench {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; finished cases are stored; finish with: ssmbench run --resume latest",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

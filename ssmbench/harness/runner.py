@@ -1,0 +1,140 @@
+"""Runs cases one at a time in a worker process, writing each row as soon as it exists.
+
+The worker is reused between cases and replaced when a case times out or kills it (a crash,
+or the kernel's out-of-memory killer), so one bad case costs only itself. ``resume`` finishes
+a run folder, skipping the cases it already holds.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+from ..suites.base import Case
+from .store import Run
+
+_CONTEXT = mp.get_context("spawn")
+
+
+def _worker(conn, threads: int | None, env: dict[str, str]) -> None:
+    os.environ.update(env)
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    from .execute import execute
+
+    while True:
+        try:
+            case = conn.recv()
+        except EOFError:
+            return
+        if case is None:
+            return
+        conn.send(execute(case))
+
+
+class Worker:
+    def __init__(self, threads: int | None, env: dict[str, str]):
+        self.threads, self.env = threads, env
+        self.process = None
+        self.conn = None
+
+    def start(self) -> None:
+        parent, child = _CONTEXT.Pipe()
+        self.process = _CONTEXT.Process(target=_worker, args=(child, self.threads, self.env), daemon=True)
+        self.process.start()
+        child.close()
+        self.conn = parent
+
+    def run(self, case: Case) -> dict:
+        if self.process is None or not self.process.is_alive():
+            self.start()
+        self.conn.send(case)
+        if self.conn.poll(case.timeout_s):
+            try:
+                return self.conn.recv()
+            except EOFError:
+                pass
+        else:
+            self.stop(kill=True)
+            return _row(case, "timeout", f"no result within the case's {case.timeout_s:g} s limit; worker killed")
+        # The worker died while running the case.
+        self.process.join(5)
+        code = self.process.exitcode
+        self.process = None
+        if code == -signal.SIGKILL:
+            return _row(case, "oom", "worker killed by SIGKILL (most likely the out-of-memory killer)")
+        what = f"signal {signal.Signals(-code).name}" if code is not None and code < 0 else f"exit code {code}"
+        return _row(case, "failed", f"worker process died ({what})")
+
+    def stop(self, kill: bool = False) -> None:
+        if self.process is None:
+            return
+        if kill:
+            self.process.kill()
+        else:
+            try:
+                self.conn.send(None)
+            except (BrokenPipeError, OSError):
+                pass
+        self.process.join(10)
+        if self.process.is_alive():
+            self.process.kill()
+        self.process = None
+
+
+def _row(case: Case, status: str, reason: str) -> dict:
+    return {"case_id": case.case_id, "suite": case.suite, "op": case.op, "backend": case.backend,
+            "fn": case.fn, "series": case.series, **dict(case.params), "status": status, "reason": reason}
+
+
+@dataclass
+class Summary:
+    run_path: Path
+    counts: dict[str, int] = field(default_factory=dict)
+    skipped_done: int = 0
+
+    def line(self) -> str:
+        parts = ", ".join(f"{n} {s}" for s, n in sorted(self.counts.items()))
+        done = f"; {self.skipped_done} already done" if self.skipped_done else ""
+        return f"{self.run_path}: {parts or 'no cases run'}{done}"
+
+
+def run_cases(run: Run, cases: Iterable[Case] | None = None, *, threads: int | None = None,
+              progress: bool = True, on_row: Callable[[dict], None] | None = None) -> Summary:
+    """Run the cases of ``run`` (default: the ones stored in it) that it does not hold yet."""
+    cases = list(cases if cases is not None else run.cases())
+    done = run.done_case_ids()
+    todo = [c for c in cases if c.case_id not in done]
+    summary = Summary(run.path, skipped_done=len(cases) - len(todo))
+    env = {k: v for k, v in os.environ.items() if k.startswith(("TRITON_", "THP_", "OMP_", "CUDA_", "PYTORCH_"))}
+    worker = Worker(threads, env)
+    bar = _progress(len(todo), enabled=progress)
+    try:
+        for case in todo:
+            bar.set_postfix_str(case.label()[:80], refresh=True)
+            t0 = time.perf_counter()
+            row = worker.run(case)
+            row.setdefault("elapsed_s", time.perf_counter() - t0)
+            run.append(row)
+            summary.counts[row["status"]] = summary.counts.get(row["status"], 0) + 1
+            if on_row:
+                on_row(row)
+            bar.update(1)
+    finally:
+        bar.close()
+        worker.stop()
+    return summary
+
+
+def _progress(total: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, disable=not enabled, file=sys.stderr, unit="case", dynamic_ncols=True,
+                mininterval=1.0)

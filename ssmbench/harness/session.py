@@ -1,0 +1,31 @@
+"""Starting, resuming and finishing a run: environment, ceilings, store, runner."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..suites.base import Case
+from .env import environment, fingerprint_id, measure_ceilings
+from .runner import Summary, run_cases
+from .store import Run, default_results_dir, resolve_runs
+
+
+def start_run(label: str, cases: list[Case], *, suite: str, preset: str, device: str = "cpu",
+              results_dir: Path | None = None, threads: int | None = None, progress: bool = True,
+              ceilings: bool = True) -> Summary:
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    env = environment()
+    run = Run.create(Path(results_dir or default_results_dir()), label, cases, env, fingerprint_id(env),
+                     suite=suite, preset=preset, device=device,
+                     ceilings=measure_ceilings(device) if ceilings else {})
+    return run_cases(run, threads=threads, progress=progress)
+
+
+def resume_run(spec: str, *, results_dir: Path | None = None, threads: int | None = None,
+               progress: bool = True) -> Summary:
+    (path,) = resolve_runs([spec], results_dir)
+    run = Run(path)
+    return run_cases(run, threads=threads or run.manifest["environment"].get("torch_threads"),
+                     progress=progress)

@@ -1,0 +1,226 @@
+"""Stored runs: one folder per run under results/, a manifest and rows written as cases finish.
+
+    results/<run_id>/manifest.json   run id, git commit + dirty flag, time, command, suite,
+                                     preset, environment, fingerprint, ceilings, schema version
+    results/<run_id>/cases.jsonl     the cases the run was asked to do (what --resume finishes)
+    results/<run_id>/rows.jsonl      one flat JSON object per finished case, appended + fsynced
+
+Rows are flat: scalar columns plus ``samples_ms`` (a list). ``load_runs`` returns one pandas
+DataFrame; anything unreadable is an error naming the file, line and field, never skipped.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import secrets
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Iterable
+
+from ..suites.base import Case
+
+SCHEMA_VERSION = 1
+REQUIRED_ROW_FIELDS = {"schema_version": int, "run_id": str, "case_id": str, "suite": str,
+                       "status": str, "reason": str}
+STATUSES = ("ok", "incorrect", "unsupported", "unavailable", "oom", "timeout", "failed")
+REQUIRED_MANIFEST_FIELDS = ("schema_version", "run_id", "created", "environment", "fingerprint")
+
+
+class ResultsError(ValueError):
+    """A results folder or file that cannot be read as a run; says which file and field."""
+
+
+def default_results_dir() -> Path:
+    return Path(os.environ.get("SSMBENCH_RESULTS", "results"))
+
+
+def git_state(path: Path | None = None) -> dict[str, Any]:
+    where = str(path or Path(__file__).resolve().parent)
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True,
+                                text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=where,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+    return {"commit": commit or None, "dirty": bool(dirty) if commit else None}
+
+
+def new_run_id(label: str) -> str:
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return f"{stamp}-{label}-{secrets.token_hex(2)}"
+
+
+class Run:
+    """A run folder being written (or resumed)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.manifest = read_manifest(self.path)
+        self.run_id = self.manifest["run_id"]
+
+    @classmethod
+    def create(cls, results_dir: Path, label: str, cases: list[Case], environment: dict,
+               fingerprint: str, **fields) -> "Run":
+        run_id = new_run_id(label)
+        path = Path(results_dir) / run_id
+        path.mkdir(parents=True, exist_ok=False)
+        manifest = {
+            "schema_version": SCHEMA_VERSION, "run_id": run_id,
+            "created": dt.datetime.now(dt.timezone.utc).isoformat(),
+            "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+            "git": git_state(), "environment": environment, "fingerprint": fingerprint, **fields,
+        }
+        _write_json(path / "manifest.json", manifest)
+        with open(path / "cases.jsonl", "w") as f:
+            for case in cases:
+                f.write(json.dumps(_case_record(case), default=str) + "\n")
+        return cls(path)
+
+    def cases(self) -> list[Case]:
+        records = _read_jsonl(self.path / "cases.jsonl")
+        return [Case(**{k: v for k, v in r.items() if k != "case_id"}) for r in records]
+
+    def done_case_ids(self) -> set[str]:
+        rows = self.path / "rows.jsonl"
+        return {r["case_id"] for r in _read_jsonl(rows)} if rows.exists() else set()
+
+    def append(self, row: dict[str, Any]) -> None:
+        row = {"schema_version": SCHEMA_VERSION, "run_id": self.run_id, **row}
+        validate_row(row, self.path / "rows.jsonl", None)
+        with open(self.path / "rows.jsonl", "a") as f:
+            f.write(json.dumps(row, default=_json_default, allow_nan=True) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def update_manifest(self, **fields) -> None:
+        self.manifest.update(fields)
+        _write_json(self.path / "manifest.json", self.manifest)
+
+
+def _case_record(case: Case) -> dict[str, Any]:
+    return {"case_id": case.case_id, **asdict(case), "params": dict(case.params)}
+
+
+def _json_default(value):
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=_json_default))
+    os.replace(tmp, path)
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    records = []
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        raise ResultsError(f"{path}: cannot be read: {exc.strerror or exc}") from None
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            # A line cut short by a crash is the last one; anything else is corruption.
+            if number == len(lines):
+                continue
+            raise ResultsError(f"{path}, line {number}: not valid JSON ({exc.msg})") from None
+        if not isinstance(record, dict):
+            raise ResultsError(f"{path}, line {number}: expected a JSON object, got {type(record).__name__}")
+        records.append(record)
+    return records
+
+
+def validate_row(row: dict, path: Path, line: int | None) -> None:
+    where = f"{path}" + (f", line {line}" if line else "")
+    for name, kind in REQUIRED_ROW_FIELDS.items():
+        if name not in row:
+            raise ResultsError(f"{where}: row lacks field {name!r}")
+        if not isinstance(row[name], kind):
+            raise ResultsError(f"{where}: field {name!r} must be {kind.__name__}, got {row[name]!r}")
+    if row["schema_version"] != SCHEMA_VERSION:
+        raise ResultsError(f"{where}: field 'schema_version' is {row['schema_version']}, "
+                           f"this ssmbench reads {SCHEMA_VERSION}")
+    if row["status"] not in STATUSES:
+        raise ResultsError(f"{where}: field 'status' is {row['status']!r}, expected one of {STATUSES}")
+
+
+def read_manifest(path: Path) -> dict:
+    file = Path(path) / "manifest.json"
+    if not Path(path).is_dir():
+        raise ResultsError(f"{path}: no such run folder")
+    try:
+        manifest = json.loads(file.read_text())
+    except OSError as exc:
+        raise ResultsError(f"{file}: cannot be read: {exc.strerror or exc}") from None
+    except json.JSONDecodeError as exc:
+        raise ResultsError(f"{file}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
+    for name in REQUIRED_MANIFEST_FIELDS:
+        if name not in manifest:
+            raise ResultsError(f"{file}: manifest lacks field {name!r}")
+    if manifest["schema_version"] != SCHEMA_VERSION:
+        raise ResultsError(f"{file}: field 'schema_version' is {manifest['schema_version']}, "
+                           f"this ssmbench reads {SCHEMA_VERSION}")
+    return manifest
+
+
+def read_rows(path: Path) -> list[dict]:
+    file = Path(path) / "rows.jsonl"
+    if not file.exists():
+        return []
+    rows = _read_jsonl(file)
+    for number, row in enumerate(rows, 1):
+        validate_row(row, file, number)
+    return rows
+
+
+def resolve_runs(specs: Iterable[str | Path], results_dir: Path | None = None) -> list[Path]:
+    """Run folders from paths, run ids, or "latest" (the newest run in the results folder)."""
+    base = Path(results_dir or default_results_dir())
+    paths = []
+    for spec in specs:
+        spec = str(spec)
+        if spec == "latest":
+            paths.append(latest_run(base))
+        elif Path(spec).is_dir():
+            paths.append(Path(spec))
+        elif (base / spec).is_dir():
+            paths.append(base / spec)
+        else:
+            raise ResultsError(f"{spec}: neither a run folder nor a run id under {base}")
+    return paths
+
+
+def latest_run(results_dir: Path) -> Path:
+    runs = sorted(p for p in Path(results_dir).glob("*/manifest.json"))
+    if not runs:
+        raise ResultsError(f"{results_dir}: holds no runs")
+    return max(runs, key=lambda p: read_manifest(p.parent)["created"]).parent
+
+
+def load_runs(*runs: str | Path, results_dir: Path | None = None, with_environment: bool = True):
+    """One DataFrame with the rows of every run given (paths, ids or "latest"); each row carries
+    its run's fingerprint, device names and preset so that rows of several runs stay apart."""
+    import pandas as pd
+
+    frames = []
+    for path in resolve_runs(runs or ["latest"], results_dir):
+        manifest = read_manifest(path)
+        rows = read_rows(path)
+        frame = pd.DataFrame(rows)
+        if with_environment and len(frame):
+            env = manifest["environment"]
+            frame["fingerprint"] = manifest["fingerprint"]
+            frame["preset"] = manifest.get("preset")
+            frame["cpu_model"] = env.get("cpu_model")
+            frame["gpu_name"] = env.get("gpu_name")
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

@@ -1,0 +1,142 @@
+"""Timing one callable: first call apart, warm-up until steady, adaptive repeats, raw samples.
+
+CPU: ``time.perf_counter`` around each call. GPU: CUDA events around each call, the L2 cache
+flushed before each one (unless hot-cache mode), synchronised before reading.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class Timing:
+    samples_ms: list[float] = field(repr=False)
+    first_call_ms: float
+    warmup_calls: int
+    hot_cache: bool = False
+
+    @property
+    def n(self) -> int:
+        return len(self.samples_ms)
+
+    @property
+    def median_ms(self) -> float:
+        return float(np.median(self.samples_ms))
+
+    @property
+    def mean_ms(self) -> float:
+        return float(np.mean(self.samples_ms))
+
+    @property
+    def min_ms(self) -> float:
+        return float(np.min(self.samples_ms))
+
+    @property
+    def iqr_ms(self) -> float:
+        q1, q3 = np.percentile(self.samples_ms, [25, 75])
+        return float(q3 - q1)
+
+    def median_ci(self, confidence: float = 0.95) -> tuple[float, float]:
+        return median_ci(self.samples_ms, confidence)
+
+    def stats(self) -> dict[str, float]:
+        lo, hi = self.median_ci()
+        return {
+            "median_ms": self.median_ms, "mean_ms": self.mean_ms, "min_ms": self.min_ms,
+            "iqr_ms": self.iqr_ms, "ci_low_ms": lo, "ci_high_ms": hi, "n_samples": self.n,
+            "first_call_ms": self.first_call_ms, "warmup_calls": self.warmup_calls,
+            "hot_cache": self.hot_cache,
+        }
+
+
+def median_ci(samples, confidence: float = 0.95) -> tuple[float, float]:
+    """Distribution-free confidence interval of the median from order statistics: the ranks
+    (j, k) around n/2 such that Binomial(n, 1/2) puts at least ``confidence`` between them."""
+    from scipy.stats import binom
+
+    x = np.sort(np.asarray(samples, dtype=float))
+    n = len(x)
+    if n < 6:
+        return float(x[0]), float(x[-1])
+    alpha = 1 - confidence
+    j = int(binom.ppf(alpha / 2, n, 0.5))
+    k = n - j
+    # ppf may land one rank inside; widen until the coverage is reached.
+    while j > 0 and binom.cdf(k - 1, n, 0.5) - binom.cdf(j - 1, n, 0.5) < confidence:
+        j, k = j - 1, k + 1
+    return float(x[max(j - 1, 0)]), float(x[min(k - 1, n - 1)])
+
+
+class _CpuClock:
+    def start(self):
+        self.t0 = time.perf_counter()
+
+    def stop(self) -> float:
+        return (time.perf_counter() - self.t0) * 1e3
+
+
+class _CudaClock:
+    def __init__(self, flush: bool):
+        self.begin = torch.cuda.Event(enable_timing=True)
+        self.end = torch.cuda.Event(enable_timing=True)
+        self.flush_buffer = None
+        if flush:
+            l2 = getattr(torch.cuda.get_device_properties(0), "L2_cache_size", 64 << 20)
+            self.flush_buffer = torch.empty(2 * l2 // 4, dtype=torch.int32, device="cuda")
+
+    def start(self):
+        if self.flush_buffer is not None:
+            self.flush_buffer.zero_()
+        self.begin.record()
+
+    def stop(self) -> float:
+        self.end.record()
+        self.end.synchronize()
+        return self.begin.elapsed_time(self.end)
+
+
+def measure(fn: Callable[[], object], device: str = "cpu", *, min_repeats: int = 3,
+            max_repeats: int = 50, budget_s: float = 2.0, max_warmup: int = 10,
+            hot_cache: bool = False) -> Timing:
+    """Time ``fn``. The first call (compilation, autotuning, allocation) is kept apart; warm-up
+    calls follow until two in a row agree within 10% (at most ``max_warmup``); then samples are
+    taken until ``budget_s`` is spent or ``max_repeats`` reached (``min_repeats`` at least)."""
+    cuda = device == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+    clock = _CudaClock(flush=not hot_cache) if cuda else _CpuClock()
+
+    def once() -> float:
+        clock.start()
+        fn()
+        return clock.stop()
+
+    t0 = time.perf_counter()
+    first = once()
+    warm, previous = 0, first
+    while warm < max_warmup and time.perf_counter() - t0 < budget_s / 2:
+        current = once()
+        warm += 1
+        if abs(current - previous) <= 0.1 * max(previous, 1e-9):
+            break
+        previous = current
+    samples: list[float] = []
+    t1 = time.perf_counter()
+    while len(samples) < max_repeats and (len(samples) < min_repeats or time.perf_counter() - t1 < budget_s):
+        samples.append(once())
+    return Timing(samples, first, warm, hot_cache)
+
+
+def significant_slowdown(baseline: list[float], current: list[float], alpha: float = 0.01) -> float:
+    """One-sided Mann-Whitney U p-value that ``current`` is slower than ``baseline``."""
+    from scipy.stats import mannwhitneyu
+
+    if len(baseline) < 2 or len(current) < 2:
+        return math.nan
+    return float(mannwhitneyu(current, baseline, alternative="greater").pvalue)

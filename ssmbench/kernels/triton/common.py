@@ -1,0 +1,97 @@
+"""What the Triton kernels share: elementwise helpers and the launcher that picks configs.
+
+On the GPU a kernel is autotuned over a few block sizes, keyed on the problem sizes. Under the
+interpreter (TRITON_INTERPRET=1, numpy on the CPU) it runs one fixed, small config instead:
+autotuning there would run every candidate several times, at a crawl. Triton decides between
+compiling and interpreting when ``@triton.jit`` runs, i.e. when a kernel module is imported (it
+reads the variable then, not at ``import triton``), so the launcher asks the kernel object which
+one it got rather than re-reading the environment.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from functools import cached_property
+from typing import Callable, Mapping
+
+import torch
+import triton
+import triton.language as tl
+from triton.runtime.interpreter import InterpretedFunction
+
+
+@triton.jit
+def softplus(x):
+    # log(1 + e^x); above 20 it equals x in float32 and e^x would head for overflow.
+    return tl.where(x <= 20.0, tl.log(1.0 + tl.exp(x)), x)
+
+
+@triton.jit
+def silu(x):
+    return x * tl.sigmoid(x)
+
+
+def prune_to_budget(tile: Callable[[Mapping[str, int]], int], budget: int):
+    """An ``early_config_prune`` keeping the configs whose tile (a function of the block sizes and
+    the launch's constexpr arguments) holds between budget/4 and budget elements: larger ones
+    spill registers, smaller ones leave the GPU idle. Where none fits, the smallest stays."""
+    def prune(configs, named_args, **kwargs):
+        def size(config):
+            return tile({**named_args, **kwargs, **config.kwargs})
+        fits = [c for c in configs if budget // 4 <= size(c) <= budget]
+        return fits or [min(configs, key=size)]
+    return prune
+
+
+class Launcher:
+    """A ``@triton.jit`` kernel with its GPU autotuning candidates and its interpreter config.
+
+    ``launcher[grid](*args, **kwargs)`` launches it like the kernel itself; ``grid`` may be a
+    function of the chosen config's block sizes, as with ``triton.autotune``.
+    restore_value: arguments the kernel updates in place, restored between autotuning trials.
+    """
+
+    def __init__(self, kernel, configs: list[triton.Config], key: list[str],
+                 interpreted: Mapping[str, int], prune=None, restore_value: tuple[str, ...] = ()):
+        self.kernel = kernel
+        self.configs = configs
+        self.key = key
+        self.interpreted = dict(interpreted)
+        self.prune = prune
+        self.restore_value = list(restore_value)
+
+    @property
+    def interpreting(self) -> bool:
+        return isinstance(self.kernel, InterpretedFunction)
+
+    @cached_property
+    def tuned(self):
+        return triton.autotune(
+            configs=self.configs, key=self.key, restore_value=self.restore_value or None,
+            prune_configs_by={"early_config_prune": self.prune} if self.prune else None,
+        )(self.kernel)
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            if self.interpreting:
+                return self.kernel[grid](*args, **kwargs, **self.interpreted)
+            device = next(a.device for a in args if isinstance(a, torch.Tensor))
+            # Triton launches on the current CUDA device; the tensors may live on another one.
+            guard = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+            with guard:
+                return self.tuned[grid](*args, **kwargs)
+        return launch
+
+
+def strides(t: torch.Tensor | None, ndim: int) -> tuple[int, ...]:
+    """The strides of an optional tensor argument (zeros for one that is absent)."""
+    return tuple(t.stride()) if t is not None else (0,) * ndim
+
+
+def block_size(n: int) -> int:
+    """The power-of-two block that holds ``n`` elements (at least 1)."""
+    return triton.next_power_of_2(max(n, 1))
+
+
+def product(config: Mapping[str, int], *names: str) -> int:
+    return math.prod(config[name] for name in names)

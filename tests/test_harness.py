@@ -1,0 +1,221 @@
+"""Runner, store, resume and CLI behaviour on real worker processes."""
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+import ssmbench
+from ssmbench.harness import cli
+from ssmbench.harness.check import check
+from ssmbench.harness.execute import execute
+from ssmbench.harness.runner import run_cases
+from ssmbench.harness.store import ResultsError, Run, load_runs
+from ssmbench.harness.timing import measure, median_ci
+from ssmbench.impls import BackendError, OP_NAMES, backends, get_backend, get_op
+from ssmbench.suites.base import Case
+
+FIXTURES = "harness_fixtures"
+
+
+def new_run(tmp_path, cases):
+    return Run.create(tmp_path, "test", cases, {"cpu_model": "test"}, "fp", suite="test", preset="none")
+
+
+def custom(fn, **params):
+    return Case(suite="test", fn=f"{FIXTURES}:{fn}", params=params, timeout_s=params.pop("timeout_s", 60))
+
+
+def test_statuses_are_recorded_and_the_sweep_goes_on(tmp_path):
+    cases = [
+        custom("sleep", seconds=0.0, tag=1),
+        dataclasses.replace(custom("sleep", seconds=30.0, tag=2), timeout_s=3),
+        custom("crash", tag=3),
+        custom("raise_error", tag=4),
+        Case(suite="test", op="selective_scan", backend="torch",
+             params=get_op("selective_scan").default_problem.replace(device="cuda").params()),
+        custom("sleep", seconds=0.0, tag=5),
+    ]
+    run = new_run(tmp_path, cases)
+    summary = run_cases(run, progress=False)
+    rows = load_runs(run.path).set_index("tag", drop=False)
+    assert rows.loc[1, "status"] == "ok" and rows.loc[5, "status"] == "ok"
+    assert rows.loc[2, "status"] == "timeout" and "3 s" in rows.loc[2, "reason"]
+    assert rows.loc[3, "status"] == "failed" and "SIGSEGV" in rows.loc[3, "reason"]
+    assert rows.loc[4, "status"] == "failed" and "planted failure" in rows.loc[4, "reason"]
+    scan = load_runs(run.path).query("op == 'selective_scan'").iloc[0]
+    expected = "unsupported" if not torch.cuda.is_available() else "ok"
+    assert scan["status"] == expected
+    assert summary.counts["ok"] >= 2
+
+
+def test_op_case_is_checked_then_timed(tmp_path):
+    problem = get_op("selective_scan").default_problem.replace(seqlen=64)
+    run = new_run(tmp_path, [Case(suite="test", op="selective_scan", backend="torch", params=problem.params(),
+                                  budget_s=0.2)])
+    run_cases(run, progress=False)
+    row = load_runs(run.path).iloc[0]
+    assert row["status"] == "ok", row["reason"]
+    assert row["rel_error"] < 1e-4
+    assert len(row["samples_ms"]) == row["n_samples"] >= 3
+    assert row["ci_low_ms"] <= row["median_ms"] <= row["ci_high_ms"]
+    assert row["gbps"] > 0 and row["first_call_ms"] > 0
+
+
+def test_wrong_backend_is_incorrect_and_not_timed(monkeypatch):
+    backend = get_backend("selective_scan", "torch")
+    bad = dataclasses.replace(backend)
+    bad.__dict__["fn"] = lambda **kw: backend.fn(**kw) * 1.01
+    monkeypatch.setattr("ssmbench.harness.execute.get_backend", lambda op, name: bad)
+    case = Case(suite="t", op="selective_scan", backend="torch",
+                params=get_op("selective_scan").default_problem.replace(seqlen=16).params())
+    row = execute(case)
+    assert row["status"] == "incorrect"
+    assert "exceeds tolerance" in row["reason"]
+    assert "median_ms" not in row
+
+
+def perturbed(backend, scale):
+    """The backend with every output tensor moved by ``scale`` of its norm (random direction)."""
+    copy = dataclasses.replace(backend)
+
+    def fn(**kwargs):
+        result = backend.fn(**kwargs)
+        outs = result if isinstance(result, tuple) else (result,)
+        moved = []
+        for t in outs:
+            noise = torch.randn_like(t, dtype=torch.float64)
+            moved.append((t.double() + scale * t.double().norm() * noise / noise.norm()).to(t.dtype))
+        return tuple(moved) if isinstance(result, tuple) else moved[0]
+
+    copy.__dict__["fn"] = fn
+    return copy
+
+
+@pytest.mark.parametrize("op", OP_NAMES)
+def test_check_fails_when_output_is_perturbed_by_1e3(op):
+    spec = get_op(op)
+    for backend in backends(op).values():
+        if backend.kind == "reference" or backend.unavailable_reasons():
+            continue
+        problem = spec.test_problems()[0]
+        if backend.unsupported_reasons(problem):
+            continue
+        assert check(backend, problem).passed
+        assert not check(perturbed(backend, 1e-3), problem).passed, backend.name
+
+
+def test_unwritten_output_is_caught():
+    backend = get_backend("selective_scan", "torch")
+    lazy = dataclasses.replace(backend)
+    lazy.__dict__["fn"] = lambda u, **kw: torch.empty_like(u)
+    assert not check(lazy, get_op("selective_scan").test_problems()[0]).passed
+
+
+def test_resume_after_kill_has_every_case_once(tmp_path):
+    cases = [custom("sleep", seconds=0.5, tag=i) for i in range(6)]
+    run = new_run(tmp_path, cases)
+    code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r});"
+            f"from ssmbench.harness.store import Run; from ssmbench.harness.runner import run_cases;"
+            f"run_cases(Run({str(run.path)!r}), progress=False)")
+    proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
+    rows_file = run.path / "rows.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not rows_file.exists() or len(rows_file.read_text().splitlines()) < 2):
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = len(rows_file.read_text().splitlines())
+    assert 2 <= before < len(cases)
+    summary = run_cases(Run(run.path), progress=False)
+    assert summary.skipped_done == before
+    rows = load_runs(run.path)
+    assert sorted(rows["tag"]) == list(range(6))
+    assert rows["case_id"].is_unique
+
+
+def test_store_errors_name_the_file_and_field(tmp_path):
+    run = new_run(tmp_path, [])
+    run.append({"case_id": "x", "suite": "s", "status": "ok", "reason": ""})
+    with open(run.path / "rows.jsonl", "a") as f:
+        f.write(json.dumps({"schema_version": 1, "run_id": run.run_id, "case_id": "y", "suite": "s",
+                            "status": "fast", "reason": ""}) + "\n")
+    with pytest.raises(ResultsError, match=r"rows.jsonl, line 2: field 'status'"):
+        load_runs(run.path)
+    manifest = json.loads((run.path / "manifest.json").read_text())
+    del manifest["fingerprint"]
+    (run.path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ResultsError, match=r"manifest.json: manifest lacks field 'fingerprint'"):
+        load_runs(run.path)
+    (run.path / "manifest.json").write_text("{")
+    with pytest.raises(ResultsError, match="not valid JSON"):
+        load_runs(run.path)
+    with pytest.raises(ResultsError, match="neither a run folder"):
+        load_runs(tmp_path / "missing")
+
+
+def test_truncated_last_row_from_a_crash_is_ignored(tmp_path):
+    run = new_run(tmp_path, [])
+    run.append({"case_id": "x", "suite": "s", "status": "ok", "reason": ""})
+    with open(run.path / "rows.jsonl", "a") as f:
+        f.write('{"schema_version": 1, "run_')
+    assert list(load_runs(run.path)["case_id"]) == ["x"]
+
+
+def test_explicit_backend_never_falls_back():
+    kw = get_op("selective_scan").make_inputs(get_op("selective_scan").default_problem,
+                                              torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="unknown backend of selective_scan 'nope'; known: .*torch"):
+        ssmbench.selective_scan(**kw, backend="nope")
+    unavailable = [b for b in backends("selective_scan").values() if b.unavailable_reasons()]
+    for backend in unavailable:
+        with pytest.raises(BackendError, match=f"'{backend.name}' is unavailable"):
+            ssmbench.selective_scan(**kw, backend=backend.name)
+    ssmbench.selective_scan(**kw)
+    assert ssmbench.last_auto_choice("selective_scan") in backends("selective_scan")
+
+
+def test_bad_shapes_name_the_argument():
+    op = get_op("selective_scan")
+    kw = op.make_inputs(op.default_problem, torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match=r"argument 'delta' must have shape \(b d l\) = \(1, 64, 128\), got \(1, 64, 127\)"):
+        ssmbench.selective_scan(**{**kw, "delta": kw["delta"][..., :-1]})
+    with pytest.raises(ValueError, match="argument 'A' must have shape"):
+        ssmbench.selective_scan(**{**kw, "A": kw["A"][None]})
+    with pytest.raises(ValueError, match="argument 'z' has dtype bfloat16, expected u's float32"):
+        ssmbench.selective_scan(**{**kw, "z": kw["z"].bfloat16()})
+
+
+def test_cli_errors_name_what_is_wrong(capsys, tmp_path):
+    assert cli.main(["--results-dir", str(tmp_path), "compare", "--op", "scan"]) == 2
+    assert "unknown op 'scan'; known:" in capsys.readouterr().err
+    assert cli.main(["--results-dir", str(tmp_path), "compare", "--op", "selective_scan", "--backends", "x"]) == 2
+    assert "unknown backend of selective_scan 'x'" in capsys.readouterr().err
+    assert cli.main(["--results-dir", str(tmp_path), "compare", "--op", "selective_scan", "--shape", "dimm=3"]) == 2
+    assert "unknown parameter(s) dimm" in capsys.readouterr().err
+    assert cli.main(["--results-dir", str(tmp_path), "report", "nope"]) == 2
+    assert "neither a run folder nor a run id" in capsys.readouterr().err
+
+
+def test_cli_compare_prints_table_and_stores_run(capsys, tmp_path):
+    code = cli.main(["--results-dir", str(tmp_path), "compare", "--op", "selective_scan", "--backends", "torch",
+                     "--shape", "dim=16,seqlen=32", "--budget", "0.1", "--quiet"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "| torch" in out and "ok" in out
+    rows = load_runs("latest", results_dir=tmp_path)
+    assert list(rows["backend"]) == ["torch"] and rows["dim"].iloc[0] == 16
+
+
+def test_timing_statistics():
+    t = measure(lambda: sum(range(1000)), "cpu", min_repeats=5, max_repeats=20, budget_s=0.05)
+    assert 5 <= t.n <= 20 and t.first_call_ms > 0
+    lo, hi = median_ci(list(range(100)))
+    assert lo < 49.5 < hi and hi - lo < 30

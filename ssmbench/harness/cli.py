@@ -101,6 +101,40 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_gate(args) -> int:
+    from .gate import find_baseline, gate, load_input
+
+    worst = 0
+    for spec in args.run:
+        run = load_input(spec, args.results_dir)
+        base_spec = args.baseline if args.baseline != "auto" else find_baseline(run, args.portable, args.baselines)
+        baseline = load_input(base_spec, args.results_dir)
+        result = gate(baseline, run, portable=args.portable, threshold=args.threshold, alpha=args.alpha,
+                      ratio_threshold=args.ratio_threshold)
+        table = result.table()
+        shown = table if args.all else table[table["outcome"] != "unchanged"]
+        if len(shown):
+            print(shown.to_markdown(index=False, floatfmt=".4g"))
+        print(result.summary(), flush=True)
+        worst = max(worst, result.exit_code)
+    return worst
+
+
+def cmd_baseline(args) -> int:
+    from .gate import save_baseline
+
+    for spec in args.runs:
+        print(f"baseline saved: {save_baseline(spec, args.results_dir, args.baselines)}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .pytest_benchmark import export_run
+
+    print(export_run(args.run, args.out, args.results_dir))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ssmbench", description=__doc__)
     parser.add_argument("--results-dir", type=Path, default=None,
@@ -138,17 +172,43 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="write the report of one or more runs")
     p.add_argument("runs", nargs="*", help="run folders or ids (default: latest)")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("gate", help="fail (exit 1) when a run regresses against a baseline")
+    p.add_argument("--run", nargs="+", default=["latest"],
+                   help="runs to judge: folders, ids, 'latest', 'latest:SUITE', or pytest-benchmark JSON")
+    p.add_argument("--baseline", default="auto",
+                   help="a run or pytest-benchmark JSON; 'auto': the stored baseline of the run's suite")
+    p.add_argument("--baselines", type=Path, default=None, help="baseline store (default results/baselines)")
+    p.add_argument("--portable", action="store_true",
+                   help="machine-independent figures (ratios, exponents, tables, correctness) for CI")
+    p.add_argument("--threshold", type=float, default=0.10, help="slowdown that counts (default 0.10)")
+    p.add_argument("--alpha", type=float, default=0.01, help="Mann-Whitney U p-value that counts")
+    p.add_argument("--ratio-threshold", type=float, default=0.25,
+                   help="portable mode: worsening of a backend time ratio that counts (default 0.25)")
+    p.add_argument("--all", action="store_true", help="also list unchanged cases")
+    p.set_defaults(func=cmd_gate)
+
+    p = sub.add_parser("baseline", help="record runs as baselines (see README: updating baselines)")
+    bsub = p.add_subparsers(dest="action", required=True)
+    q = bsub.add_parser("save")
+    q.add_argument("runs", nargs="+")
+    q.add_argument("--baselines", type=Path, default=None)
+    q.set_defaults(func=cmd_baseline)
+
+    p = sub.add_parser("export", help="write a run as pytest-benchmark JSON")
+    p.add_argument("run")
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=cmd_export)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from ..harness.store import ResultsError
     from ..impls.base import BackendError
 
     try:
         return args.func(args)
-    except (ValueError, BackendError, ResultsError) as exc:
+    except (ValueError, BackendError) as exc:  # ResultsError and GateRefused are ValueErrors
         print(f"ssmbench {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

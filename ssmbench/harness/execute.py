@@ -10,7 +10,8 @@ import torch
 from ..impls.base import load_callable
 from ..impls.registry import get_backend, get_op, reasons
 from ..suites.base import Case
-from .check import check, clone_args
+from . import inject
+from .check import check, clone_args, reference_outputs
 from .timing import measure
 
 
@@ -20,6 +21,7 @@ def execute(case: Case, seed: int = 0) -> dict[str, Any]:
                            "backend": case.backend, "fn": case.fn, "series": case.series,
                            **dict(case.params), "status": "ok", "reason": ""}
     started = time.perf_counter()
+    inject.current = f"{case.op}/{case.backend}" if case.op else case.fn
     try:
         row.update(_run_custom(case) if case.fn else _run_op(case, seed))
     except torch.cuda.OutOfMemoryError as exc:
@@ -49,8 +51,8 @@ def _run_op(case: Case, seed: int) -> dict[str, Any]:
     status, why = reasons(backend, problem)
     if status != "ok":
         return {"status": status, "reason": "; ".join(why)}
-    inputs = op.make_inputs(problem, torch.Generator().manual_seed(seed))
-    result = check(backend, problem, inputs=inputs)
+    inputs, expected = _inputs_and_reference(case.op, problem, seed)
+    result = check(backend, problem, inputs=inputs, expected=expected)
     out: dict[str, Any] = {"rel_error": result.rel_error, "tolerance": result.tolerance}
     if not result.passed:
         # A wrong result is never reported as a speed.
@@ -67,6 +69,21 @@ def _run_op(case: Case, seed: int) -> dict[str, Any]:
                gbps=op.bytes_moved(problem) / seconds / 1e9,
                tflops=op.flops(problem) / seconds / 1e12)
     return out
+
+
+# Cases of one problem usually follow each other (one per backend): the inputs and the float64
+# reference, slow to compute for long sequences, are kept for the next case of the same problem.
+_last_problem: dict[tuple, tuple] = {}
+
+
+def _inputs_and_reference(op_name: str, problem, seed: int):
+    key = (op_name, problem, seed)
+    if key not in _last_problem:
+        _last_problem.clear()
+        op = get_op(op_name)
+        inputs = op.make_inputs(problem, torch.Generator().manual_seed(seed))
+        _last_problem[key] = (inputs, reference_outputs(problem, inputs))
+    return _last_problem[key]
 
 
 def _cuda_peak_bytes(fn) -> int:

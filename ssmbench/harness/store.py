@@ -188,8 +188,8 @@ def resolve_runs(specs: Iterable[str | Path], results_dir: Path | None = None) -
     paths = []
     for spec in specs:
         spec = str(spec)
-        if spec == "latest":
-            paths.append(latest_run(base))
+        if spec == "latest" or spec.startswith("latest:"):
+            paths.append(latest_run(base, suite=spec.partition(":")[2] or None))
         elif Path(spec).is_dir():
             paths.append(Path(spec))
         elif (base / spec).is_dir():
@@ -199,11 +199,14 @@ def resolve_runs(specs: Iterable[str | Path], results_dir: Path | None = None) -
     return paths
 
 
-def latest_run(results_dir: Path) -> Path:
-    runs = sorted(p for p in Path(results_dir).glob("*/manifest.json"))
-    if not runs:
-        raise ResultsError(f"{results_dir}: holds no runs")
-    return max(runs, key=lambda p: read_manifest(p.parent)["created"]).parent
+def latest_run(results_dir: Path, suite: str | None = None) -> Path:
+    """The newest run folder directly under ``results_dir`` (of ``suite``, if given)."""
+    manifests = [(p.parent, read_manifest(p.parent)) for p in Path(results_dir).glob("*/manifest.json")]
+    manifests = [(p, m) for p, m in manifests if suite is None or m.get("suite") == suite]
+    if not manifests:
+        of = f" of suite {suite!r}" if suite else ""
+        raise ResultsError(f"{results_dir}: holds no runs{of}")
+    return max(manifests, key=lambda pm: pm[1]["created"])[0]
 
 
 def load_runs(*runs: str | Path, results_dir: Path | None = None, with_environment: bool = True):

@@ -107,9 +107,12 @@ def measure(fn: Callable[[], object], device: str = "cpu", *, min_repeats: int =
     """Time ``fn``. The first call (compilation, autotuning, allocation) is kept apart; warm-up
     calls follow until two in a row agree within 10% (at most ``max_warmup``); then samples are
     taken until ``budget_s`` is spent or ``max_repeats`` reached (``min_repeats`` at least)."""
+    from . import inject
+
     cuda = device == "cuda"
     if cuda:
         torch.cuda.synchronize()
+    fn = inject.slowed(fn, torch.cuda.synchronize if cuda else None)
     clock = _CudaClock(flush=not hot_cache) if cuda else _CpuClock()
 
     def once() -> float:

@@ -13,7 +13,7 @@ import importlib.metadata
 import importlib.util
 import os
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cache, cached_property
 from typing import Any, Callable, Mapping
 
 import torch
@@ -156,6 +156,23 @@ def distribution_version(name: str) -> str | None:
         return importlib.metadata.version(name)
     except importlib.metadata.PackageNotFoundError:
         return None
+
+
+def import_failure(module: str) -> list[str]:
+    """Why ``module`` cannot be imported, in words (empty when it imports). For a backend's
+    check_available: a package can be installed yet fail to import (a compiled extension missing
+    or built for another torch), and that error is the reason to show."""
+    error = _import_error(module)
+    return [] if error is None else [f"{module} fails to import: {error}"]
+
+
+@cache
+def _import_error(module: str) -> str | None:
+    try:
+        importlib.import_module(module)
+    except Exception as exc:  # extensions fail with ImportError, OSError, RuntimeError, ...
+        return f"{type(exc).__name__}: {exc}"
+    return None
 
 
 def cuda_available() -> bool:

@@ -6,7 +6,7 @@ from functools import cache
 
 from .base import Case, Suite, Verdict
 
-SUITE_NAMES = ("scaling", "ssd_speedup", "jamba_cache", "peers", "generation", "jamba_throughput")
+SUITE_NAMES = ("scaling", "ssd_speedup", "jamba_cache", "kernels", "peers", "generation", "jamba_throughput")
 
 
 def available_suites() -> list[str]:

@@ -19,7 +19,7 @@ def attention(q, k, v, softmax_scale=None, causal=False):
     k = k.repeat_interleave(h // k.shape[2], dim=2)
     v = v.repeat_interleave(h // v.shape[2], dim=2)
     scores = default_scale(softmax_scale, d) * torch.einsum("bihd,bjhd->bhij", q, k)
-    keep = causal_mask(lq, lk) if causal else torch.ones(lq, lk, dtype=torch.bool)
+    keep = causal_mask(lq, lk, q.device) if causal else q.new_ones(lq, lk, dtype=torch.bool)
     probs = torch.softmax(scores.masked_fill(~keep, -torch.inf), dim=-1).where(keep, 0.0)
     return torch.einsum("bhij,bjhd->bihd", probs, v).to(dtype)
 

@@ -7,16 +7,13 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from ..checks import weight_dtype
+
 # core(u, delta, A, B, C) -> (y, last_state): u, delta (b, d, l) with delta already biased and
 # softplus-ed; A (d, n); B, C (b, g, n, l); all in the compute dtype. y (b, d, l) is the C
 # contraction of the states alone (no D, no gate); last_state (b, d, n), or None if the core
 # cannot give it.
 Core = Callable[..., tuple[torch.Tensor, torch.Tensor | None]]
-
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Half inputs are scanned in float32 (the state must not round every step); float64 stays."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def run(core: Core, u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
@@ -25,7 +22,7 @@ def run(core: Core, u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_so
     delta_bias and softplus, groups B and C as (b, g, n, l), adds D u, gates by silu(z) and
     casts the output back to u's dtype. Differentiable wherever ``core`` is."""
     dtype = u.dtype
-    acc = compute_dtype(dtype)
+    acc = weight_dtype(dtype)  # half inputs scan in float32: the state must not round every step
     u, delta, A, B, C = (t.to(acc) for t in (u, delta, A, B, C))
     if delta_bias is not None:
         delta = delta + delta_bias.to(acc)[:, None]

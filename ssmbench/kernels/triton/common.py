@@ -31,14 +31,15 @@ def silu(x):
     return x * tl.sigmoid(x)
 
 
-def prune_to_budget(tile: Callable[[Mapping[str, int]], int], budget: int):
+def prune_to_budget(tile: Callable[[Mapping[str, int]], int], budget: int, least: int):
     """An ``early_config_prune`` keeping the configs whose tile (a function of the block sizes and
-    the launch's constexpr arguments) holds between budget/4 and budget elements: larger ones
-    spill registers, smaller ones leave the GPU idle. Where none fits, the smallest stays."""
+    the launch's constexpr arguments) holds between ``least`` and ``budget`` elements: larger
+    ones spill registers, smaller ones waste time per program. Where none fits, the smallest
+    stays."""
     def prune(configs, named_args, **kwargs):
         def size(config):
             return tile({**named_args, **kwargs, **config.kwargs})
-        fits = [c for c in configs if budget // 4 <= size(c) <= budget]
+        fits = [c for c in configs if least <= size(c) <= budget]
         return fits or [min(configs, key=size)]
     return prune
 

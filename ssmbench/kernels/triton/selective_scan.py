@@ -115,7 +115,7 @@ _KERNEL = Launcher(
     configs=[triton.Config({"BLOCK_D": d, "BLOCK_L": l}, num_warps=4)
              for d in (1, 2, 4, 8, 16) for l in (16, 32, 64)],
     key=["dim_per_group", "dstate", "seqlen"],
-    prune=prune_to_budget(_tile, _BUDGET),
+    prune=prune_to_budget(_tile, _BUDGET, least=_BUDGET // 4),
     interpreted={"BLOCK_D": 4, "BLOCK_L": 16},
 )
 

@@ -1,0 +1,321 @@
+"""Regression gates: a run against a baseline.
+
+Two modes:
+- timing: only between runs of one environment fingerprint (refused otherwise, naming the
+  fields that differ). A case regresses when its median is slower by more than ``threshold``
+  AND a one-sided Mann-Whitney U test on the raw samples gives p < ``alpha``.
+- portable: for machines that differ (CPU CI). Compares figures that do not depend on the
+  machine's speed: ratios between backends measured inside one run, fitted scaling exponents,
+  exact tables, correctness.
+In both, a case that was ok and is now incorrect / failed / oom / timeout regresses whatever
+its time, and so does a claim whose verdict flips from holds to does not hold.
+"""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .store import ResultsError, read_manifest, resolve_runs
+from .timing import significant_slowdown
+
+BROKEN = ("incorrect", "failed", "oom", "timeout")
+OUTCOMES = ("regression", "improvement", "unchanged", "new", "missing")
+BASELINES = Path("results") / "baselines"
+
+
+class GateRefused(ValueError):
+    """The two inputs cannot be compared as asked (e.g. timings across fingerprints)."""
+
+
+@dataclass(frozen=True)
+class Finding:
+    key: str
+    kind: str  # time | status | ratio | exponent | table | verdict
+    baseline: Any
+    current: Any
+    outcome: str
+    change: float = math.nan  # relative change of the figure (current / baseline - 1)
+    p_value: float = math.nan
+    detail: str = ""
+
+
+@dataclass
+class GateResult:
+    mode: str
+    baseline: str
+    run: str
+    findings: list[Finding] = field(default_factory=list)
+
+    @property
+    def regressions(self) -> list[Finding]:
+        return [f for f in self.findings if f.outcome == "regression"]
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.regressions else 0
+
+    def table(self) -> pd.DataFrame:
+        order = {o: i for i, o in enumerate(OUTCOMES)}
+        frame = pd.DataFrame([asdict(f) for f in self.findings], columns=list(Finding.__dataclass_fields__))
+        return frame.sort_values(["outcome", "kind", "key"], key=lambda s: s.map(order) if s.name == "outcome" else s)
+
+    def summary(self) -> str:
+        counts = pd.Series([f.outcome for f in self.findings]).value_counts().to_dict()
+        parts = ", ".join(f"{counts.get(o, 0)} {o}" for o in OUTCOMES if counts.get(o))
+        verdict = "FAIL" if self.exit_code else "pass"
+        return f"gate {verdict} ({self.mode}): {self.run} vs {self.baseline}: {parts or 'nothing compared'}"
+
+
+@dataclass
+class GateInput:
+    """A run (or a pytest-benchmark file) as the gate reads it."""
+
+    name: str
+    fingerprint: str
+    environment: dict
+    rows: pd.DataFrame
+    suite: str | None
+
+
+def load_input(spec: str | Path, results_dir: Path | None = None) -> GateInput:
+    """A run folder, run id, "latest", "latest:<suite>", or a pytest-benchmark JSON file."""
+    spec = str(spec)
+    if spec.endswith(".json") and Path(spec).is_file():
+        from .pytest_benchmark import read_pytest_benchmark
+
+        return read_pytest_benchmark(Path(spec))
+    from .store import load_runs
+
+    (path,) = resolve_runs([spec], results_dir)
+
+    manifest = read_manifest(path)
+    return GateInput(str(path), manifest["fingerprint"], manifest["environment"],
+                     load_runs(path, with_environment=False), manifest.get("suite"))
+
+
+def gate(baseline: GateInput, run: GateInput, *, portable: bool = False, threshold: float = 0.10,
+         alpha: float = 0.01, ratio_threshold: float = 0.25, exponent_tolerance: float = 0.15) -> GateResult:
+    if not portable and baseline.fingerprint != run.fingerprint:
+        from .env import fingerprint_diff
+
+        diff = fingerprint_diff(baseline.environment, run.environment)
+        shown = "; ".join(f"{k}: {a!r} vs {b!r}" for k, a, b in ((k, *v) for k, v in diff.items()))
+        raise GateRefused(
+            f"timings are compared only within one environment fingerprint; baseline "
+            f"{baseline.fingerprint} and run {run.fingerprint} differ in: {shown or 'fingerprint only'}. "
+            "Use --portable for machine-independent figures."
+        )
+    result = GateResult("portable" if portable else "timing", baseline.name, run.name)
+    result.findings += _status_findings(baseline.rows, run.rows)
+    if portable:
+        result.findings += _figure_findings(portable_figures(baseline.rows), portable_figures(run.rows),
+                                            ratio_threshold, exponent_tolerance)
+    else:
+        result.findings += _timing_findings(baseline.rows, run.rows, threshold, alpha)
+    result.findings += _verdict_findings(baseline, run)
+    return result
+
+
+def _ok(rows: pd.DataFrame) -> pd.DataFrame:
+    return rows[rows["status"] == "ok"] if len(rows) else rows
+
+
+def _labels(rows: pd.DataFrame) -> dict[str, str]:
+    from .report import PARAM_EXCLUDE
+
+    labels = {}
+    for _, row in rows.iterrows():
+        params = ",".join(f"{k}={row[k]}" for k in rows.columns
+                          if k not in PARAM_EXCLUDE and k not in ("status", "reason", "backend")
+                          and not _missing(row[k]))
+        what = f"{row.get('op')}/{row.get('backend')}" if isinstance(row.get("op"), str) and row.get("op") else row.get("fn", "")
+        labels[row["case_id"]] = f"{what} {params}"
+    return labels
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value)) or value == ""
+
+
+def _status_findings(base: pd.DataFrame, cur: pd.DataFrame) -> list[Finding]:
+    findings = []
+    b = base.set_index("case_id")["status"].to_dict() if len(base) else {}
+    c = cur.set_index("case_id")["status"].to_dict() if len(cur) else {}
+    reasons = cur.set_index("case_id")["reason"].to_dict() if len(cur) else {}
+    labels = {**_labels(base), **_labels(cur)}
+    for case_id in sorted(set(b) | set(c)):
+        if case_id not in c:
+            findings.append(Finding(labels[case_id], "status", b[case_id], None, "missing"))
+        elif case_id not in b:
+            findings.append(Finding(labels[case_id], "status", None, c[case_id], "new"))
+        elif b[case_id] == "ok" and c[case_id] in BROKEN:
+            findings.append(Finding(labels[case_id], "status", "ok", c[case_id], "regression",
+                                    detail=reasons.get(case_id, "")))
+        elif b[case_id] in BROKEN and c[case_id] == "ok":
+            findings.append(Finding(labels[case_id], "status", b[case_id], "ok", "improvement"))
+    return findings
+
+
+def _timing_findings(base, cur, threshold: float, alpha: float) -> list[Finding]:
+    findings = []
+    b, c = _ok(base), _ok(cur)
+    if "median_ms" not in b or "median_ms" not in c:
+        return findings
+    b, c = b.set_index("case_id"), c.set_index("case_id")
+    labels = _labels(cur)
+    for case_id in sorted(set(b.index) & set(c.index)):
+        bm, cm = float(b.at[case_id, "median_ms"]), float(c.at[case_id, "median_ms"])
+        if math.isnan(bm) or math.isnan(cm):
+            continue
+        bs, cs = _samples(b.at[case_id, "samples_ms"]), _samples(c.at[case_id, "samples_ms"])
+        change = cm / bm - 1
+        p_slow = significant_slowdown(bs, cs)
+        p_fast = significant_slowdown(cs, bs)
+        tested = not math.isnan(p_slow)
+        if change > threshold and (p_slow < alpha or not tested):
+            outcome, p = "regression", p_slow
+        elif change < 1 / (1 + threshold) - 1 and (p_fast < alpha or not tested):
+            outcome, p = "improvement", p_fast
+        else:
+            outcome, p = "unchanged", min(p_slow, p_fast) if tested else math.nan
+        detail = "" if tested else "no raw samples: threshold only"
+        findings.append(Finding(labels[case_id], "time", bm, cm, outcome, change, p, detail))
+    return findings
+
+
+def _samples(value) -> list[float]:
+    if isinstance(value, (list, np.ndarray)):
+        return [float(v) for v in value]
+    return []
+
+
+def portable_figures(rows: pd.DataFrame) -> dict[tuple[str, str], float | bool]:
+    """Machine-independent figures of one run: {(kind, key): value}."""
+    from .report import PARAM_EXCLUDE
+
+    figures: dict[tuple[str, str], float | bool] = {}
+    ok = _ok(rows)
+    if "equal" in rows:
+        for case_id, label in _labels(rows[rows["equal"].notna()]).items():
+            figures[("table", label)] = bool(rows.set_index("case_id").at[case_id, "equal"])
+    if "median_ms" not in ok or not len(ok):
+        return figures
+    ops = ok[ok["op"].fillna("") != ""]
+    params = [c for c in ops.columns if c not in PARAM_EXCLUDE and c not in ("status", "reason", "backend")
+              and ops[c].notna().any()]
+    for key, group in ops.groupby([ops[c].astype(str) for c in params], sort=True):
+        problem = _key(params, key)
+        medians = group.set_index("backend")["median_ms"]
+        ref = "torch" if "torch" in medians else sorted(medians.index)[0]
+        for backend, median in medians.items():
+            if backend != ref:
+                figures[("ratio", f"{problem} {backend}/{ref}")] = float(median / medians[ref])
+    if "seqlen" in params:
+        others = [c for c in params if c != "seqlen"] + ["backend"]
+        for key, group in ops.groupby([ops[c].astype(str) for c in others], sort=True):
+            lengths = group["seqlen"].astype(float)
+            if lengths.nunique() >= 3:
+                slope = np.polyfit(np.log(lengths), np.log(group["median_ms"].astype(float)), 1)[0]
+                figures[("exponent", _key(others, key))] = float(slope)
+    return figures
+
+
+def _key(names, values) -> str:
+    values = values if isinstance(values, tuple) else (values,)
+    return ",".join(f"{n}={v}" for n, v in zip(names, values) if v not in ("nan", "None", ""))
+
+
+def _figure_findings(base, cur, ratio_threshold: float, exponent_tolerance: float) -> list[Finding]:
+    findings = []
+    for kind, key in sorted(set(base) | set(cur)):
+        b, c = base.get((kind, key)), cur.get((kind, key))
+        if c is None:
+            findings.append(Finding(key, kind, b, None, "missing"))
+            continue
+        if b is None:
+            findings.append(Finding(key, kind, None, c, "new"))
+            continue
+        if kind == "table":
+            outcome = "regression" if b and not c else "improvement" if c and not b else "unchanged"
+            findings.append(Finding(key, kind, b, c, outcome))
+        elif kind == "ratio":
+            change = c / b - 1
+            outcome = ("regression" if change > ratio_threshold else
+                       "improvement" if change < 1 / (1 + ratio_threshold) - 1 else "unchanged")
+            findings.append(Finding(key, kind, b, c, outcome, change,
+                                    detail=f"backend time ratio, threshold {ratio_threshold:.0%}"))
+        else:
+            outcome = ("regression" if c > b + exponent_tolerance else
+                       "improvement" if c < b - exponent_tolerance else "unchanged")
+            findings.append(Finding(key, kind, b, c, outcome, c - b,
+                                    detail=f"log-log slope, tolerance {exponent_tolerance}"))
+    return findings
+
+
+def _verdicts(entry: GateInput) -> dict[str, str]:
+    from ..suites import available_suites, get_suite
+
+    out = {}
+    if not len(entry.rows):
+        return out
+    for suite_name in entry.rows["suite"].unique():
+        if suite_name not in available_suites():
+            continue
+        suite = get_suite(suite_name)
+        if suite.judge is None:
+            continue
+        for verdict in suite.judge(entry.rows[entry.rows["suite"] == suite_name],
+                                   {"environment": entry.environment}):
+            out[verdict.claim] = verdict.verdict
+    return out
+
+
+def _verdict_findings(baseline: GateInput, run: GateInput) -> list[Finding]:
+    b, c = _verdicts(baseline), _verdicts(run)
+    findings = []
+    for claim in sorted(set(b) & set(c)):
+        if b[claim] == "holds" and c[claim] == "does not hold":
+            outcome = "regression"
+        elif b[claim] == "does not hold" and c[claim] == "holds":
+            outcome = "improvement"
+        else:
+            outcome = "unchanged"
+        findings.append(Finding(claim, "verdict", b[claim], c[claim], outcome))
+    return findings
+
+
+# Baselines: results/baselines/<suite>/<fingerprint>/ holds a copy of the run folder.
+
+def save_baseline(run_spec: str, results_dir: Path | None = None, baselines: Path | None = None) -> Path:
+    (path,) = resolve_runs([run_spec], results_dir)
+    manifest = read_manifest(path)
+    target = Path(baselines or BASELINES) / (manifest.get("suite") or "adhoc") / manifest["fingerprint"]
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(path, target, ignore=shutil.ignore_patterns("*.tmp"))
+    return target
+
+
+def find_baseline(run: GateInput, portable: bool, baselines: Path | None = None) -> Path:
+    """The stored baseline for a run: same suite and fingerprint; for portable gates, else the
+    newest baseline of the suite."""
+    root = Path(baselines or BASELINES) / (run.suite or "adhoc")
+    exact = root / run.fingerprint
+    if exact.is_dir():
+        return exact
+    candidates = sorted(root.glob("*/manifest.json"))
+    if not candidates:
+        raise ResultsError(f"{root}: no baseline stored for suite {run.suite!r}; "
+                           f"record one with: ssmbench baseline save RUN")
+    if not portable:
+        have = ", ".join(p.parent.name for p in candidates)
+        raise GateRefused(f"no baseline of suite {run.suite!r} has fingerprint {run.fingerprint} "
+                          f"(stored: {have}); use --portable or save a baseline on this machine")
+    return max(candidates, key=lambda p: json.loads(p.read_text())["created"]).parent

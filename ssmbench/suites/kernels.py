@@ -1,0 +1,71 @@
+"""Every backend of every op side by side, at the kernel benchmark sizes.
+
+Not a paper claim: the table behind the other suites, and the device check's benchmark. Each
+problem is run by every registered backend (the float64 reference only where it is cheap); a
+backend that cannot run here gives its row with the reason.
+"""
+from __future__ import annotations
+
+from ..impls.registry import backends, get_op
+from .base import Case, Suite
+
+GPU_LENGTHS = [2**12, 2**13, 2**14, 2**15, 2**16]
+# Python loops over L: beyond this length they take seconds per call and say nothing new.
+LOOP_MAX_LEN = 2**13
+
+
+def _cases(problems: dict[str, list[dict]], budget_s: float, timeout_s: float) -> list[Case]:
+    cases = []
+    for op_name, variants in problems.items():
+        op = get_op(op_name)
+        for params in variants:
+            problem = op.problem_type.from_params({**op.default_problem.params(), **params})
+            for backend in backends(op_name).values():
+                if backend.kind == "reference":
+                    continue
+                if _is_loop(backend) and problem.params().get("seqlen", 0) > LOOP_MAX_LEN:
+                    continue
+                cases.append(Case(suite="kernels", op=op_name, backend=backend.name, params=problem.params(),
+                                  series=backend.name, budget_s=budget_s, timeout_s=timeout_s))
+    return cases
+
+
+def _is_loop(backend) -> bool:
+    return backend.name in ("torch", "mambapy_seq")
+
+
+def gpu() -> list[Case]:
+    dev = {"device": "cuda"}
+    scan = [{**dev, "dtype": dt, "batch": 1, "dim": 1024, "dstate": 16, "seqlen": L}
+            for dt in ("bfloat16",) for L in GPU_LENGTHS] + [
+            {**dev, "dtype": "float32", "batch": 1, "dim": 1024, "dstate": 16, "seqlen": 2**14}]
+    ssd = [{**dev, "dtype": "bfloat16", "batch": 1, "nheads": 24, "headdim": 64, "dstate": n, "seqlen": L}
+           for n in (64, 128) for L in GPU_LENGTHS] + [
+           {**dev, "dtype": "float32", "batch": 1, "nheads": 24, "headdim": 64, "dstate": 128, "seqlen": 2**14}]
+    return _cases({
+        "selective_scan": scan,
+        "ssd": ssd,
+        "selective_state_update": [{**dev, "dtype": "bfloat16", "batch": 64}],
+        "causal_conv1d": [{**dev, "dtype": "bfloat16", "batch": 4, "dim": 4096, "seqlen": 4096}],
+        "causal_conv1d_update": [{**dev, "dtype": "bfloat16", "batch": 64, "dim": 4096}],
+        "attention": [{**dev, "dtype": "bfloat16", "batch": 1, "nheads": 16, "headdim": 64,
+                       "seqlen_q": L, "causal": True} for L in (2**12, 2**14)],
+    }, budget_s=0.3, timeout_s=180)
+
+
+def cpu_small() -> list[Case]:
+    return _cases({
+        "selective_scan": [{"batch": 1, "dim": 256, "dstate": 16, "seqlen": 1024}],
+        "ssd": [{"batch": 1, "nheads": 4, "headdim": 64, "dstate": 64, "seqlen": 1024, "chunk_size": 64}],
+        "selective_state_update": [{"batch": 8}],
+        "causal_conv1d": [{"batch": 1, "dim": 512, "seqlen": 1024}],
+        "causal_conv1d_update": [{"batch": 8, "dim": 1024}],
+        "attention": [{"batch": 1, "nheads": 4, "headdim": 64, "seqlen_q": 1024}],
+    }, budget_s=0.5, timeout_s=120)
+
+
+SUITE = Suite(
+    name="kernels",
+    description="every backend of every op, side by side",
+    presets={"cpu-small": cpu_small, "gpu": gpu},
+)

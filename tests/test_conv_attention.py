@@ -84,8 +84,11 @@ def test_bad_activation_is_named(op, call):
 
 
 def test_bad_activation_refused_by_backends_directly():
-    x, weight, _ = conv_inputs()
-    for backend in backends("causal_conv1d").values():
+    x, weight, _ = conv_inputs(dtype=torch.float32)
+    problem = get_op("causal_conv1d").problem_of(dict(x=x, weight=weight))
+    runnable = [b for b in backends("causal_conv1d").values() if reasons(b, problem)[0] == "ok"]
+    assert {"reference", "torch"} <= {b.name for b in runnable}
+    for backend in runnable:
         with pytest.raises(ValueError, match="'activation'"):
             backend(x=x, weight=weight, bias=None, activation="tanh")
 
@@ -176,7 +179,8 @@ def test_attention_errors_are_named():
     with pytest.raises(ValueError, match=r"h=4 of 'q' must be a multiple of .* hk=3"):
         api.attention(q, k, v)
     q, k, v = qkv()
-    with pytest.raises(ValueError, match=r"'v' must have shape \(b lk hk d\) = \(2, 9, 4, 16\), got \(2, 8, 4, 16\)"):
+    with pytest.raises(ValueError,
+                       match=r"'v' must have shape \(b lk hk d\) = \(2, 9, 4, 16\), got \(2, 8, 4, 16\)"):
         api.attention(q, k, v[:, :8])
     with pytest.raises(ValueError, match="'softmax_scale'"):
         api.attention(q, k, v, softmax_scale="0.1")
@@ -201,7 +205,11 @@ def test_forced_kernels_say_why_on_this_machine():
     assert any("bottom-right" in r for r in flash.check_supported(problem))
     assert flash.check_supported(problem.replace(seqlen_k=1)) == []
     assert any("headdim=512" in r for r in flash.unsupported_reasons(problem.replace(headdim=512)))
-    assert any("float32 not supported" in r for r in flash.unsupported_reasons(problem.replace(dtype="float32")))
+    assert any("float32 not supported" in r
+               for r in flash.unsupported_reasons(problem.replace(dtype="float32")))
+    assert "nheads_kv=2" in table["sdpa_efficient"].check_supported(problem.replace(nheads_kv=2))[0]
+    assert table["sdpa_efficient"].check_supported(problem) == []
+    assert "length of 1" in table["sdpa_cudnn"].check_supported(problem.replace(seqlen_k=1))[0]
 
 
 def test_attention_cost_model():

@@ -49,9 +49,13 @@ def cmd_compare(args) -> int:
             from ..impls.base import unknown
 
             raise unknown(f"backend of {args.op}", name, backends(args.op))
-    cases = [Case(suite="compare", op=args.op, backend=name, params=problem.params(), series=name,
-                  budget_s=args.budget, timeout_s=args.timeout)
-             for name in names]
+    if args.interleave or args.stability:
+        cases = [Case(suite="compare", op=args.op, backends=tuple(names), params=problem.params(),
+                      stability=args.stability, budget_s=args.budget, timeout_s=args.timeout * len(names))]
+    else:
+        cases = [Case(suite="compare", op=args.op, backend=name, params=problem.params(), series=name,
+                      budget_s=args.budget, timeout_s=args.timeout)
+                 for name in names]
     summary = start_run(f"compare-{args.op}", cases, suite="compare", preset="adhoc", device=args.device,
                         results_dir=args.results_dir, threads=args.threads, progress=not args.quiet)
     from .report import comparison_table
@@ -156,6 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="torch threads (recorded)")
     p.add_argument("--budget", type=float, default=2.0, help="seconds of timing per backend")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds before a backend's case is killed")
+    p.add_argument("--interleave", action="store_true",
+                   help="time the backends in rounds A B A B ... in one process (less drift between them)")
+    p.add_argument("--stability", action="store_true",
+                   help="interleave, and time the first backend twice to show this machine's noise floor")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_compare)
 

@@ -12,18 +12,26 @@ from ..impls.registry import get_backend, get_op, reasons
 from ..suites.base import Case
 from . import inject
 from .check import check, clone_args, reference_outputs
-from .timing import measure
+from .timing import Timing, measure, measure_interleaved
 
 
-def execute(case: Case, seed: int = 0) -> dict[str, Any]:
-    """The row of one case (without run-level fields). Never raises for a case's own failure."""
+def execute(case: Case, seed: int = 0) -> list[dict[str, Any]]:
+    """The rows of one case (without run-level fields): one, or one per backend of an interleaved
+    comparison. Never raises for a case's own failure."""
+    if case.op and case.backends:
+        return _interleaved(case, seed)
+    body = (lambda: _run_custom(case)) if case.fn else (lambda: _run_op(case, case.backend, seed))
+    return [_guarded(case, case.backend, body)]
+
+
+def _guarded(case: Case, backend: str, body) -> dict[str, Any]:
     row: dict[str, Any] = {"case_id": case.case_id, "suite": case.suite, "op": case.op,
-                           "backend": case.backend, "fn": case.fn, "series": case.series,
+                           "backend": backend, "fn": case.fn, "series": case.series or backend,
                            **dict(case.params), "status": "ok", "reason": ""}
     started = time.perf_counter()
-    inject.current = f"{case.op}/{case.backend}" if case.op else case.fn
+    inject.current = f"{case.op}/{backend}" if case.op else case.fn
     try:
-        row.update(_run_custom(case) if case.fn else _run_op(case, seed))
+        row.update(body())
     except torch.cuda.OutOfMemoryError as exc:
         row.update(status="oom", reason=f"CUDA out of memory: {str(exc).splitlines()[0]}")
     except MemoryError as exc:
@@ -44,31 +52,88 @@ def _run_custom(case: Case) -> dict[str, Any]:
     return load_callable(case.fn)(**dict(case.params))
 
 
-def _run_op(case: Case, seed: int) -> dict[str, Any]:
+def _prepare(case: Case, backend_name: str, seed: int):
+    """(row fields, the timed callable or None when the backend is not to be timed, op, problem)."""
     op = get_op(case.op)
     problem = op.problem_type.from_params(case.params)
-    backend = get_backend(case.op, case.backend)
+    backend = get_backend(case.op, backend_name)
     status, why = reasons(backend, problem)
     if status != "ok":
-        return {"status": status, "reason": "; ".join(why)}
-    inputs, expected = _inputs_and_reference(case.op, problem, seed)
-    result = check(backend, problem, inputs=inputs, expected=expected)
-    out: dict[str, Any] = {"rel_error": result.rel_error, "tolerance": result.tolerance}
+        return {"status": status, "reason": "; ".join(why)}, None, op, problem
+    checked = problem.replace(**case.check_params)
+    inputs, expected = _inputs_and_reference(case.op, checked, seed)
+    result = check(backend, checked, inputs=inputs, expected=expected)
+    fields: dict[str, Any] = {"rel_error": result.rel_error, "tolerance": result.tolerance}
+    if case.check_params:
+        fields["checked_at"] = ",".join(f"{k}={v}" for k, v in case.check_params.items())
     if not result.passed:
         # A wrong result is never reported as a speed.
-        return {**out, "status": "incorrect", "reason": result.describe()}
+        return {**fields, "status": "incorrect", "reason": result.describe()}, None, op, problem
+    if checked != problem:
+        inputs = op.make_inputs(problem, torch.Generator().manual_seed(seed))
     args = clone_args(inputs)
+    call = lambda: backend(**args)  # noqa: E731
     if problem.device == "cuda":
-        out["peak_mem_bytes"] = _cuda_peak_bytes(lambda: backend(**args))
-    timing = measure(lambda: backend(**args), problem.device, min_repeats=case.min_repeats,
-                     max_repeats=case.max_repeats, budget_s=case.budget_s)
+        fields["peak_mem_bytes"] = _cuda_peak_bytes(call)
+    return fields, call, op, problem
+
+
+def _timing_fields(op, problem, timing: Timing) -> dict[str, Any]:
     stats = timing.stats()
     seconds = stats["median_ms"] * 1e-3
-    out.update(stats, samples_ms=timing.samples_ms,
-               bytes=op.bytes_moved(problem), flops=op.flops(problem),
-               gbps=op.bytes_moved(problem) / seconds / 1e9,
-               tflops=op.flops(problem) / seconds / 1e12)
-    return out
+    return {**stats, "samples_ms": timing.samples_ms, "bytes": op.bytes_moved(problem),
+            "flops": op.flops(problem), "gbps": op.bytes_moved(problem) / seconds / 1e9,
+            "tflops": op.flops(problem) / seconds / 1e12}
+
+
+def _run_op(case: Case, backend_name: str, seed: int) -> dict[str, Any]:
+    fields, call, op, problem = _prepare(case, backend_name, seed)
+    if call is None:
+        return fields
+    timing = measure(call, problem.device, min_repeats=case.min_repeats, max_repeats=case.max_repeats,
+                     budget_s=case.budget_s)
+    return {**fields, **_timing_fields(op, problem, timing)}
+
+
+def _interleaved(case: Case, seed: int) -> list[dict[str, Any]]:
+    """Every backend of the case checked, then the correct ones timed in rounds (A B A B ...).
+    With ``case.stability`` the first of them runs twice per round, and its row reports how far
+    apart the two copies came out: the noise floor of this comparison."""
+    prepared: dict[str, tuple] = {}
+    rows: dict[str, dict] = {}
+    for name in case.backends:
+        rows[name] = _guarded(case, name, lambda n=name: prepared.setdefault(n, _prepare(case, n, seed))[0])
+        rows[name].update(case_id=f"{case.case_id}/{name}", parent_case_id=case.case_id)
+    timed = {n: p[1] for n, p in prepared.items() if p[1] is not None and rows[n]["status"] == "ok"}
+    if not timed:
+        return list(rows.values())
+    first = next(iter(timed))
+    if case.stability:
+        timed[f"{first}#again"] = timed[first]
+    _, _, op, problem = prepared[first]
+    inject.current = ""
+    try:
+        timings = measure_interleaved(timed, problem.device, min_rounds=case.min_repeats,
+                                      max_rounds=case.max_repeats, budget_s=case.budget_s * len(timed))
+    except Exception as exc:  # noqa: BLE001
+        for name in timed:
+            if name in rows:
+                rows[name].update(status="failed", reason=f"{type(exc).__name__}: {exc}")
+        return list(rows.values())
+    for name, timing in timings.items():
+        if name in rows:
+            rows[name].update(_timing_fields(op, problem, timing), interleaved=True)
+    if case.stability:
+        again = timings[f"{first}#again"]
+        rows[first]["self_spread"] = again.median_ms / timings[first].median_ms - 1
+        rows[first]["self_p"] = _two_sided_p(timings[first].samples_ms, again.samples_ms)
+    return list(rows.values())
+
+
+def _two_sided_p(a: list[float], b: list[float]) -> float:
+    from scipy.stats import mannwhitneyu
+
+    return float(mannwhitneyu(a, b, alternative="two-sided").pvalue)
 
 
 # Cases of one problem usually follow each other (one per backend): the inputs and the float64

@@ -52,7 +52,7 @@ class Worker:
         child.close()
         self.conn = parent
 
-    def run(self, case: Case) -> dict:
+    def run(self, case: Case) -> list[dict]:
         if self.process is None or not self.process.is_alive():
             self.start()
         self.conn.send(case)
@@ -63,15 +63,15 @@ class Worker:
                 pass
         else:
             self.stop(kill=True)
-            return _row(case, "timeout", f"no result within the case's {case.timeout_s:g} s limit; worker killed")
+            return [_row(case, "timeout", f"no result within the case's {case.timeout_s:g} s limit; worker killed")]
         # The worker died while running the case.
         self.process.join(5)
         code = self.process.exitcode
         self.process = None
         if code == -signal.SIGKILL:
-            return _row(case, "oom", "worker killed by SIGKILL (most likely the out-of-memory killer)")
+            return [_row(case, "oom", "worker killed by SIGKILL (most likely the out-of-memory killer)")]
         what = f"signal {signal.Signals(-code).name}" if code is not None and code < 0 else f"exit code {code}"
-        return _row(case, "failed", f"worker process died ({what})")
+        return [_row(case, "failed", f"worker process died ({what})")]
 
     def stop(self, kill: bool = False) -> None:
         if self.process is None:
@@ -90,7 +90,8 @@ class Worker:
 
 
 def _row(case: Case, status: str, reason: str) -> dict:
-    return {"case_id": case.case_id, "suite": case.suite, "op": case.op, "backend": case.backend,
+    backend = case.backend or "+".join(case.backends)
+    return {"case_id": case.case_id, "suite": case.suite, "op": case.op, "backend": backend,
             "fn": case.fn, "series": case.series, **dict(case.params), "status": status, "reason": reason}
 
 
@@ -120,12 +121,12 @@ def run_cases(run: Run, cases: Iterable[Case] | None = None, *, threads: int | N
         for case in todo:
             bar.set_postfix_str(case.label()[:80], refresh=True)
             t0 = time.perf_counter()
-            row = worker.run(case)
-            row.setdefault("elapsed_s", time.perf_counter() - t0)
-            run.append(row)
-            summary.counts[row["status"]] = summary.counts.get(row["status"], 0) + 1
-            if on_row:
-                on_row(row)
+            for row in worker.run(case):
+                row.setdefault("elapsed_s", time.perf_counter() - t0)
+                run.append(row)
+                summary.counts[row["status"]] = summary.counts.get(row["status"], 0) + 1
+                if on_row:
+                    on_row(row)
             bar.update(1)
     finally:
         bar.close()

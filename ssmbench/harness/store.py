@@ -86,7 +86,8 @@ class Run:
 
     def done_case_ids(self) -> set[str]:
         rows = self.path / "rows.jsonl"
-        return {r["case_id"] for r in _read_jsonl(rows)} if rows.exists() else set()
+        # Rows of an interleaved comparison carry the id of the case they came from.
+        return {r.get("parent_case_id") or r["case_id"] for r in _read_jsonl(rows)} if rows.exists() else set()
 
     def append(self, row: dict[str, Any]) -> None:
         row = {"schema_version": SCHEMA_VERSION, "run_id": self.run_id, **row}
@@ -209,6 +210,17 @@ def latest_run(results_dir: Path, suite: str | None = None) -> Path:
     return max(manifests, key=lambda pm: pm[1]["created"])[0]
 
 
+def _add_ceiling_fractions(frame, ceilings: dict) -> None:
+    """pct_bw and pct_flops: the case's GB/s and TFLOP/s over this machine's measured ceilings
+    (copy bandwidth; matmul rate in bf16 for half-precision cases, else fp32)."""
+    if "gbps" in frame and ceilings.get("copy_gbps"):
+        frame["pct_bw"] = 100 * frame["gbps"] / ceilings["copy_gbps"]
+    if "tflops" in frame and "dtype" in frame and ceilings.get("matmul_fp32_tflops"):
+        peak = ceilings.get("matmul_bf16_tflops", ceilings["matmul_fp32_tflops"])
+        frame["pct_flops"] = 100 * frame["tflops"] / frame["dtype"].map(
+            lambda d: peak if d in ("bfloat16", "float16") else ceilings["matmul_fp32_tflops"])
+
+
 def load_runs(*runs: str | Path, results_dir: Path | None = None, with_environment: bool = True):
     """One DataFrame with the rows of every run given (paths, ids or "latest"); each row carries
     its run's fingerprint, device names and preset so that rows of several runs stay apart."""
@@ -225,5 +237,6 @@ def load_runs(*runs: str | Path, results_dir: Path | None = None, with_environme
             frame["preset"] = manifest.get("preset")
             frame["cpu_model"] = env.get("cpu_model")
             frame["gpu_name"] = env.get("gpu_name")
+            _add_ceiling_fractions(frame, manifest.get("ceilings") or {})
         frames.append(frame)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

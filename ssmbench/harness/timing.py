@@ -136,6 +136,38 @@ def measure(fn: Callable[[], object], device: str = "cpu", *, min_repeats: int =
     return Timing(samples, first, warm, hot_cache)
 
 
+def measure_interleaved(fns: dict[str, Callable[[], object]], device: str = "cpu", *, min_rounds: int = 5,
+                        max_rounds: int = 50, budget_s: float = 4.0, warmup_rounds: int = 2,
+                        hot_cache: bool = False) -> dict[str, Timing]:
+    """Time several callables in rounds, A B C A B C ..., the order rotated each round, so that
+    drifts of the machine (clocks, heat, other load) fall on all of them alike."""
+    from . import inject
+
+    cuda = device == "cuda"
+    clock = _CudaClock(flush=not hot_cache) if cuda else _CpuClock()
+    names = list(fns)
+    wrapped = {n: inject.slowed(f, torch.cuda.synchronize if cuda else None) for n, f in fns.items()}
+
+    def once(name: str) -> float:
+        clock.start()
+        wrapped[name]()
+        return clock.stop()
+
+    first = {n: once(n) for n in names}
+    for _ in range(warmup_rounds):
+        for n in names:
+            once(n)
+    samples: dict[str, list[float]] = {n: [] for n in names}
+    t0 = time.perf_counter()
+    rounds = 0
+    while rounds < max_rounds and (rounds < min_rounds or time.perf_counter() - t0 < budget_s):
+        for i in range(len(names)):
+            n = names[(i + rounds) % len(names)]
+            samples[n].append(once(n))
+        rounds += 1
+    return {n: Timing(samples[n], first[n], warmup_rounds, hot_cache) for n in names}
+
+
 def significant_slowdown(baseline: list[float], current: list[float], alpha: float = 0.01) -> float:
     """One-sided Mann-Whitney U p-value that ``current`` is slower than ``baseline``."""
     from scipy.stats import mannwhitneyu

@@ -219,6 +219,24 @@ MAMBA_2_8B = _mamba("Mamba-2.8B", 64, 2560, "2.8")
 MAMBA_6_9B = _mamba("Mamba-6.9B", 64, 4096, "6.9",
                     source=f"{_M1} §4.5 (size only; shape: 2x the layers of the 6.7B Transformer)")
 
+# Mamba-2 checkpoints (state-spaces/mamba2-*): the Mamba-1 depths and widths, SSD mixer with
+# d_state 128, headdim 64, ngroups 1, expand 2; vocabulary padded to a multiple of 16.
+_MAMBA2_VOCAB = 50288
+
+
+def _mamba2(name: str, n_layers: int, d_model: int, stated: str):
+    return ModelConfig(name=name, source=f"Dao & Gu, arXiv:2405.21060; {_MAMBA_README}", n_layers=n_layers,
+                       d_model=d_model, vocab_size=_MAMBA2_VOCAB, attn_layer_period=0,
+                       mamba=MambaMixer(d_state=128, version=2), tie_embeddings=True,
+                       stated_params=(stated, stated))
+
+
+MAMBA2_130M = _mamba2("Mamba-2-130M", 24, 768, "0.13")
+MAMBA2_370M = _mamba2("Mamba-2-370M", 48, 1024, "0.37")
+MAMBA2_780M = _mamba2("Mamba-2-780M", 48, 1536, "0.78")
+MAMBA2_1_3B = _mamba2("Mamba-2-1.3B", 48, 2048, "1.3")
+MAMBA2_2_7B = _mamba2("Mamba-2-2.7B", 64, 2560, "2.7")
+
 TRANSFORMER_125M = _gpt3("Transformer-125M", 12, 768, 12, 64, "0.125",
                          f"{_M1} Table 15 / Brown et al., arXiv:2005.14165 Table 2.1 (GPT-3 Small)")
 TRANSFORMER_1_3B = _gpt3("Transformer-1.3B", 24, 2048, 32, 64, "1.3", f"{_M1} §4.5")
@@ -228,6 +246,7 @@ TRANSFORMER_6_7B = _gpt3("Transformer-6.7B", 32, 4096, 32, 128, "6.7",
 MODELS: dict[str, ModelConfig] = {m.name: m for m in (
     LLAMA2_7B, MISTRAL_7B, MIXTRAL_8X7B, JAMBA_V01,
     MAMBA_130M, MAMBA_370M, MAMBA_790M, MAMBA_1_4B, MAMBA_2_8B, MAMBA_6_9B,
+    MAMBA2_130M, MAMBA2_370M, MAMBA2_780M, MAMBA2_1_3B, MAMBA2_2_7B,
     TRANSFORMER_125M, TRANSFORMER_1_3B, TRANSFORMER_6_7B,
 )}
 

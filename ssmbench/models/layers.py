@@ -40,8 +40,9 @@ class OpBackends:
 
     @classmethod
     def of(cls, spec: "OpBackends | Mapping[str, str] | str | None") -> "OpBackends":
-        """From an OpBackends, a mapping op -> backend, or text "op=backend,op=backend"."""
-        if spec is None:
+        """From an OpBackends, a mapping op -> backend, or text "op=backend,op=backend" ("auto"
+        or None: every op on auto)."""
+        if spec is None or spec == "auto":
             return cls()
         if isinstance(spec, OpBackends):
             return spec
@@ -115,7 +116,7 @@ class MoE(nn.Module):
     """Mixture of SwiGLU experts, top-k routing by a linear router (Mixtral, Jamba).
 
     The routing weights are the softmax over all experts of the chosen ones, renormalised over
-    the top k when ``renormalize`` (Mixtral) and not (Jamba). Eagerly, tokens go to their experts
+    the top k (Mixtral; Jamba's release skips that, which changes no cost). Eagerly, tokens go to their experts
     by index (each expert reads only its tokens). While a CUDA graph is being captured shapes must
     not depend on data, so then: with fewer (token, slot) pairs than experts, each pair gathers its
     expert's weights (a decode step at small batch reads only the chosen experts, as a sparse
@@ -123,9 +124,9 @@ class MoE(nn.Module):
     experts not chosen). All paths compute the same function.
     """
 
-    def __init__(self, dim: int, d_ff: int, n_experts: int, top_k: int, renormalize: bool = True):
+    def __init__(self, dim: int, d_ff: int, n_experts: int, top_k: int):
         super().__init__()
-        self.n_experts, self.top_k, self.renormalize = n_experts, top_k, renormalize
+        self.n_experts, self.top_k = n_experts, top_k
         self.router = nn.Linear(dim, n_experts, bias=False)
         self.gate_up = nn.Parameter(torch.empty(n_experts, 2 * d_ff, dim))
         self.down = nn.Parameter(torch.empty(n_experts, dim, d_ff))
@@ -137,9 +138,7 @@ class MoE(nn.Module):
         x = x.reshape(-1, shape[-1])
         probs = torch.softmax(self.router(x).float(), dim=-1)
         weight, chosen = probs.topk(self.top_k, dim=-1)  # (t, k)
-        if self.renormalize:
-            weight = weight / weight.sum(-1, keepdim=True)
-        weight = weight.to(x.dtype)
+        weight = (weight / weight.sum(-1, keepdim=True)).to(x.dtype)
         if not (x.is_cuda and torch.cuda.is_current_stream_capturing()):
             out = self._by_index(x, weight, chosen)
         elif chosen.numel() < self.n_experts:
@@ -201,7 +200,7 @@ class Attention(nn.Module):
     """Causal multi-head attention with grouped-query heads (n_kv_heads divides n_heads) and
     optional rotary embeddings on the first ``rotary_dim`` channels of each head (0: none, as in
     Jamba's attention layers). Keys and values of a cached sequence live in a static cache
-    (b, max_len, n_kv_heads, head_dim), written at the positions being computed."""
+    (b, max_len, n_kv_heads, head_dim)."""
 
     def __init__(self, dim: int, n_heads: int, n_kv_heads: int, head_dim: int, rotary_dim: int = 0,
                  rope_theta: float = 10000.0, bias: bool = False):
@@ -235,17 +234,15 @@ class Attention(nn.Module):
         return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
 
     def forward(self, x: torch.Tensor, ops: OpBackends, state=None, pos: int = 0) -> torch.Tensor:
-        """x (b, l, dim). With ``state`` = (k_cache, v_cache), keys and values go to positions
-        pos .. pos + l - 1 of the cache and the queries attend to everything cached up to them."""
+        """x (b, l, dim), the tokens at positions pos .. pos + l - 1. With ``state`` (a
+        :class:`~.cache.KVCache` holding the first ``pos`` tokens) their keys and values are
+        appended and the queries attend to everything cached (bottom-right causal)."""
         b, l, _ = x.shape
         q, k, v = self.qkv(x).view(b, l, -1, self.head_dim).split(
             [self.n_heads, self.n_kv_heads, self.n_kv_heads], dim=2)
         q, k = self._rotate(q, k, pos)
         if state is not None:
-            k_cache, v_cache = state
-            k_cache[:, pos:pos + l] = k
-            v_cache[:, pos:pos + l] = v
-            k, v = k_cache[:, :pos + l], v_cache[:, :pos + l]
+            k, v = state.update(k, v)
         y = api.attention(q, k, v, causal=True, backend=ops.attention)
         return self.out(y.reshape(b, l, -1))
 

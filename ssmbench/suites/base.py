@@ -26,6 +26,14 @@ class Case:
     backend: str = ""
     fn: str = ""
     series: str = ""  # what a plot line / table column groups by, e.g. "scan" or "attention"
+    # An interleaved comparison: these backends (``backend`` left empty) are checked, then timed
+    # in rounds A B A B ... in one process; ``stability`` also times the first one twice.
+    backends: tuple[str, ...] = ()
+    stability: bool = False
+    # Problem fields that differ for the correctness check only: a float64 reference loop at a
+    # timed length of 2^19 takes minutes, attention's at 2^16 more memory than a host has.
+    # The row says where the check ran (``checked_at``).
+    check_params: Mapping[str, Any] = field(default_factory=dict)
     timeout_s: float = 300.0
     # Timing budget: stop repeating after this many seconds or samples, whichever comes first.
     min_repeats: int = 3
@@ -37,13 +45,15 @@ class Case:
         """Stable across runs and machines: the same case has the same id (resume, gates)."""
         key = json.dumps(
             {"suite": self.suite, "op": self.op, "backend": self.backend, "fn": self.fn,
-             "series": self.series, "params": dict(self.params)},
+             "series": self.series, "params": dict(self.params),
+             **({"backends": list(self.backends), "stability": self.stability} if self.backends else {})},
             sort_keys=True, default=str,
         )
         return hashlib.sha1(key.encode()).hexdigest()[:16]
 
     def label(self) -> str:
-        what = f"{self.op}/{self.backend}" if self.op else self.fn.rsplit(":", 1)[-1]
+        what = (f"{self.op}/{self.backend or '+'.join(self.backends)}" if self.op
+                else self.fn.rsplit(":", 1)[-1])
         shown = ",".join(f"{k}={v}" for k, v in self.params.items() if k not in ("device",))
         return f"{self.suite}:{what} {shown}"
 

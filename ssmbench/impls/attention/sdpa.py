@@ -10,13 +10,19 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from ..base import Backend, cuda_available
+from ..base import Backend
+from ..third_party import capability_failure
 from . import TOLERANCES, AttentionProblem, causal_mask
 
 
 def attention(q, k, v, softmax_scale=None, causal=False, kernel: str | None = None):
     """Shapes as ``ssmbench.attention``; ``kernel`` names an ``SDPBackend`` member to force."""
     lq, lk = q.shape[1], k.shape[1]
+    if causal and lq > lk:
+        # The first lq - lk queries have no key to attend and output zeros, as in flash-attn
+        # (SDPA's kernels disagree on such rows: cuDNN's are not zero); the rest are square causal.
+        rest = attention(q[:, lq - lk:], k, v, softmax_scale, causal, kernel)
+        return torch.cat([rest.new_zeros(q.shape[0], lq - lk, *rest.shape[2:]), rest], dim=1)
     # SDPA's is_causal aligns the mask to the top left; flash-attn's (ours) to the bottom right.
     # They agree only for lq == lk; otherwise the mask goes in explicitly.
     mask = causal_mask(lq, lk, q.device) if causal and lq != lk else None
@@ -31,23 +37,30 @@ def attention(q, k, v, softmax_scale=None, causal=False, kernel: str | None = No
 def _flash_available() -> list[str]:
     if not torch.backends.cuda.is_flash_attention_available():
         return ["this torch build has no flash attention kernel"]
-    if cuda_available() and torch.cuda.get_device_capability() < (8, 0):
-        major, minor = torch.cuda.get_device_capability()
-        return [f"the flash kernel needs compute capability 8.0 or newer; this GPU has {major}.{minor}"]
-    return []
+    return capability_failure("SDPA's flash kernel", (8, 0))
 
 
 def _cudnn_available() -> list[str]:
     return [] if torch.backends.cudnn.is_available() else ["torch finds no cuDNN"]
 
 
-def _no_mask(kernel: str):
-    def reasons(p: AttentionProblem) -> list[str]:
-        if p.causal and p.seqlen_q != p.lk:
-            return [f"the {kernel} kernel takes no mask, and causal attention with seqlen_q="
-                    f"{p.seqlen_q} != seqlen_k={p.lk} needs the bottom-right one spelled out"]
-        return []
-    return reasons
+# What each forced kernel refused ("No available kernel") when tried on an H200.
+def _flash_supported(p: AttentionProblem) -> list[str]:
+    if p.causal and p.seqlen_q < p.lk:
+        return [f"the flash kernel takes no mask, and causal attention with seqlen_q={p.seqlen_q} < "
+                f"seqlen_k={p.lk} needs the bottom-right one spelled out"]
+    return []
+
+
+def _efficient_supported(p: AttentionProblem) -> list[str]:
+    if p.hk != p.nheads:
+        return [f"the memory-efficient kernel needs as many key/value heads as query heads "
+                f"(nheads_kv={p.hk}, nheads={p.nheads})"]
+    return []
+
+
+def _cudnn_supported(p: AttentionProblem) -> list[str]:
+    return ["the cuDNN kernel does not take a key/value length of 1"] if p.lk == 1 else []
 
 
 sdpa_math = partial(attention, kernel="MATH")
@@ -67,14 +80,14 @@ BACKENDS = [
     Backend(op="attention", name="sdpa_flash", impl=f"{__name__}:sdpa_flash", kind="third-party",
             priority=-10, devices=("cuda",), dtypes=HALF, limits={"headdim": 256},
             tolerances=TOLERANCES, check_available=_flash_available,
-            check_supported=_no_mask("flash"),
+            check_supported=_flash_supported,
             description="torch SDPA forced to its FlashAttention-2 kernel"),
     Backend(op="attention", name="sdpa_efficient", impl=f"{__name__}:sdpa_efficient",
             kind="third-party", priority=-10, devices=("cuda",),
-            dtypes=("float32",) + HALF, tolerances=TOLERANCES,
+            dtypes=("float32",) + HALF, tolerances=TOLERANCES, check_supported=_efficient_supported,
             description="torch SDPA forced to its memory-efficient kernel"),
     Backend(op="attention", name="sdpa_cudnn", impl=f"{__name__}:sdpa_cudnn", kind="third-party",
             priority=-10, devices=("cuda",), dtypes=HALF, tolerances=TOLERANCES,
-            check_available=_cudnn_available,
+            check_available=_cudnn_available, check_supported=_cudnn_supported,
             description="torch SDPA forced to its cuDNN kernel"),
 ]

@@ -47,13 +47,22 @@ def step_sizes(dt: torch.Tensor, dt_bias: torch.Tensor | None, softplus: bool) -
     return F.softplus(dt) if softplus else dt
 
 
+def scale_(t: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """t * w, in place when autograd does not need t's old value (w needs no gradient).
+    t must be an intermediate of the caller's own."""
+    if torch.is_grad_enabled() and w.requires_grad:
+        return t * w
+    return t.mul_(w)
+
+
 def skip_and_gate(y: torch.Tensor, x: torch.Tensor, D: torch.Tensor | None,
                   z: torch.Tensor | None) -> torch.Tensor:
-    """(y + D x) * silu(z), D broadcasting against x's last dims; computed in y's dtype."""
+    """(y + D x) * silu(z), updating y (an intermediate of the caller's) in place where autograd
+    allows; D broadcasts against x's last dims."""
     if D is not None:
-        y = torch.addcmul(y, x.to(y.dtype), D.to(y.dtype))
+        y = y.addcmul_(x.to(y.dtype), D.to(y.dtype))
     if z is not None:
-        y = y * F.silu(z.to(y.dtype))
+        y = scale_(y, F.silu(z.to(y.dtype)))
     return y
 
 

@@ -1,10 +1,12 @@
 """SSD in its chunked matrix form ([M2] section 6): within a chunk of Q steps the output is a
-masked (Q, Q) matrix product; chunks exchange only their (p, n) states, through a loop over
-chunks (L / Q small steps). Float32 accumulation; autograd works through every step.
+masked (Q, Q) matrix product; chunks exchange only their (p, n) states, through a recurrence over
+the L / Q chunks. Float32 accumulation; autograd works through every step.
 
-Layouts are chosen so that the heavy products are few large batched matmuls: heads that share a
-group of B and C are stacked along the columns, giving per chunk (Q, n) @ (n, r p) and
-(Q, Q) @ (Q, r p) products with r = h / g heads of p channels each.
+Speed on the CPU comes from two choices. Heads that share a group of B and C are stacked along
+the columns, so that the heavy work is a few large batched matmuls per chunk ((Q, n) @ (n, r p)
+and (Q, Q) @ (Q, r p), r = h / g heads of p channels). And large intermediates are updated in
+place wherever autograd allows, since allocating fresh memory (page faults) costs as much as
+the arithmetic on it.
 """
 from __future__ import annotations
 
@@ -13,15 +15,17 @@ import torch.nn.functional as F
 
 from ..base import Backend
 from ..checks import weight_dtype
-from . import per_channel, skip_and_gate, step_sizes
+from . import per_channel, scale_, skip_and_gate, step_sizes
 
 # Inside a chunk the decay between steps j <= i is exp(cs_i - cs_j), cs the cumulative log decay.
 # Split as exp(cs_i - m) * exp(m - cs_j), with m the middle of the chunk's range, it turns the
-# per-head masked (Q, Q) product into one product shared by all heads of a group; both factors
+# per-head masked (Q, Q) product into one product shared by all heads of a group. Both factors
 # stay within exp(+-FACTOR_LIMIT), far from float32 overflow (exp(88)), as long as the chunk's
-# total log decay is at least -2 * FACTOR_LIMIT. Faster-decaying (batch, chunk, head) triples are
-# computed with the decay matrix itself.
+# total log decay is at least -2 * FACTOR_LIMIT; faster-decaying (batch, chunk, head) triples
+# are computed with the decay matrix itself.
 FACTOR_LIMIT = 60.0
+# Rows of the within-chunk product taken per matmul, skipping the zero upper blocks.
+ROW_BLOCK = 64
 
 
 def ssd(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=None, initial_states=None,
@@ -35,70 +39,111 @@ def ssd(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=None, initial_st
     c = -(-l // q)
     x, dt, B, C = (t.to(acc) for t in (x, dt, B, C))
     dt = step_sizes(dt, dt_bias, dt_softplus)
-    x_out = x
+    x_unpadded = x
     if c * q != l:
         # Padded steps get dt = 0: no decay and no input, so they leave the state unchanged.
-        pad = (0, 0) * (x.dim() - 2) + (0, c * q - l)
+        pad = (0, 0, 0, 0, 0, c * q - l)
         x, B, C = F.pad(x, pad), F.pad(B, pad), F.pad(C, pad)
-        dt = F.pad(dt, (0, 0, 0, c * q - l))
+        dt = F.pad(dt, pad[2:])
+    dt = dt.view(b, c, q, h)
+    x, B, C = x.reshape(b, c, q, h, p), B.reshape(b, c, q, g, n), C.reshape(b, c, q, g, n)
 
-    cs = (dt * A.to(acc)).view(b, c, q, h).cumsum(2)  # log decay from the chunk start to step i
+    cs = (dt * A.to(acc)).cumsum(2)  # log decay from the chunk start to step i, inclusive
     total = cs[:, :, -1]  # (b, c, h)
     fast = total >= -2 * FACTOR_LIMIT
-    middle = torch.where(fast, total / 2, torch.zeros_like(total))[:, :, None]
-    left = torch.exp(cs - middle)
-    # -inf leaves the slow triples' input weights at zero without an exp that could overflow.
-    right = dt.view(b, c, q, h) * torch.exp(torch.where(fast[:, :, None], middle - cs, -torch.inf))
-    to_end = dt.view(b, c, q, h) * torch.exp(total[:, :, None] - cs)
+    middle = torch.where(fast, total / 2, 0.0)
+    left = torch.exp(cs - middle[:, :, None])
+    # -inf gives the slow triples zero weight without an exp that could overflow.
+    right = dt * torch.exp(torch.where(fast[:, :, None], middle[:, :, None] - cs, -torch.inf))
 
-    xc = x.reshape(b, c, q, g, r, p)
-
-    def per_head(w):  # (b, c, q, h) weights against xc
-        return w.view(b, c, q, g, r, 1)
-
-    def group_major(t):  # (b, c, q, g, ...) -> (b, c, g, q, ...) as one matrix per group
+    def group_major(t):  # (b, c, q, g, ...) -> (b, c, g, q, ...): one matrix per chunk and group
         return t.reshape(b, c, q, g, -1).transpose(2, 3)
 
-    Bc, Cc = group_major(B), group_major(C)  # (b, c, g, q, n)
+    Bg, Cg = group_major(B), group_major(C)
+    xr = group_major(x * right[..., None])  # (b, c, g, q, r p)
+    # A chunk's own contribution to its end state: sum_j exp(total - cs_j) dt_j x_j B_j^T.
+    states = scale_((xr.transpose(-1, -2) @ Bg).view(b, c, h, p, n),
+                    torch.exp(total - middle)[..., None, None])
+    slow = None if bool(fast.all()) else _slow_triples(~fast, cs, dt, x, B, C, r)
+    if slow is not None:
+        index, slow_y, slow_states = slow
+        states[index] += slow_states
+    # States entering each chunk, times exp(middle) so that left * that = exp(cs_i).
+    entering, final = StatePassing.apply(states, total, middle, initial_states)
 
-    # Each chunk's own contribution to the state at its end, then the states entering each chunk.
-    chunk_states = (group_major(xc * per_head(to_end)).transpose(-1, -2) @ Bc).view(b, c, g, r, p, n)
-    chunk_decay = torch.exp(total).view(b, c, g, r, 1, 1)
-    state = (x.new_zeros(b, g, r, p, n) if initial_states is None
-             else initial_states.to(acc).reshape(b, g, r, p, n))
-    entering = []
-    for k in range(c):
-        entering.append(state)
-        state = torch.addcmul(chunk_states[:, k], chunk_decay[:, k], state)
-    # exp(middle) turns the left factor back into exp(cs_i) for the entering-state term.
-    entering = torch.stack(entering, 1) * torch.exp(middle).view(b, c, g, r, 1, 1)
-
-    scores = (Cc @ Bc.transpose(-1, -2)).tril()  # (b, c, g, q, q): C_i . B_j for j <= i
-    from_states = Cc @ entering.view(b, c, g, r * p, n).transpose(-1, -2)  # (b, c, g, q, r p)
-    y = torch.baddbmm(from_states.reshape(-1, q, r * p), scores.reshape(-1, q, q),
-                      group_major(xc * per_head(right)).reshape(-1, q, r * p))
-    y = y.view(b, c, g, q, r, p).transpose(2, 3) * per_head(left)
-    y = y.reshape(b, c, q, h, p)
-    if not bool(fast.all()):
-        y = _add_slow_triples(y, ~fast, cs, scores, xc.reshape(b, c, q, h, p) * dt.view(b, c, q, h, 1), r)
-    y = skip_and_gate(y.reshape(b, c * q, h, p)[:, :l], x_out, per_channel(D), z).to(dtype)
-    return (y, state.reshape(b, h, p, n)) if return_final_states else y
+    scores = (Cg @ Bg.transpose(-1, -2)).tril_()  # (b, c, g, q, q): C_i . B_j for j <= i
+    y = Cg @ entering.view(b, c, g, r * p, n).transpose(-1, -2)  # (b, c, g, q, r p)
+    # Scores vanish above the diagonal: rows [start, stop) need only columns [0, stop).
+    y3, scores3, xr3 = y.view(-1, q, r * p), scores.view(-1, q, q), xr.reshape(-1, q, r * p)
+    for start in range(0, q, ROW_BLOCK):
+        stop = min(start + ROW_BLOCK, q)
+        y3[:, start:stop].baddbmm_(scores3[:, start:stop, :stop], xr3[:, :stop])
+    y = scale_(y.view(b, c, g, q, r, p), group_major(left).unsqueeze(-1))
+    y = y.transpose(2, 3).reshape(b, c, q, h, p)
+    if slow is not None:
+        y[index[0], index[1], :, index[2]] += slow_y
+    y = skip_and_gate(y.reshape(b, c * q, h, p)[:, :l], x_unpadded, per_channel(D), z)
+    y = y.to(dtype).contiguous()
+    return (y, final) if return_final_states else y
 
 
-def _add_slow_triples(y, slow, cs, scores, xdt, heads_per_group):
-    """Adds the within-chunk term of the (batch, chunk, head) triples marked in ``slow``, with the
-    decay matrix exp(cs_i - cs_j) computed entry by entry. y, xdt: (b, c, q, h, p); cs: (b, c, q, h);
-    scores: (b, c, g, q, q)."""
+def _slow_triples(slow, cs, dt, x, B, C, heads_per_group):
+    """Within-chunk output (k, q, p) and chunk-end state (k, p, n) of the k (batch, chunk, head)
+    triples marked in ``slow`` (b, c, h), from the decay matrix exp(cs_i - cs_j) entry by entry.
+    cs, dt: (b, c, q, h); x: (b, c, q, h, p); B, C: (b, c, q, g, n)."""
     bi, ci, hi = slow.nonzero(as_tuple=True)
+    gi = hi // heads_per_group
     cs = cs[bi, ci, :, hi]  # (k, q)
+    xdt = x[bi, ci, :, hi] * dt[bi, ci, :, hi, None]  # (k, q, p)
+    B, C = B[bi, ci, :, gi], C[bi, ci, :, gi]  # (k, q, n)
     q = cs.shape[-1]
     causal = torch.ones(q, q, dtype=torch.bool, device=cs.device).tril()
     decay = torch.exp((cs[:, :, None] - cs[:, None, :]).masked_fill(~causal, -torch.inf))
-    y[bi, ci, :, hi] += (decay * scores[bi, ci, hi // heads_per_group]) @ xdt[bi, ci, :, hi]
-    return y
+    y = (decay * (C @ B.transpose(-1, -2))) @ xdt
+    states = (xdt * torch.exp(cs[:, -1:] - cs)[..., None]).transpose(-1, -2) @ B
+    return (bi, ci, hi), y, states
+
+
+class StatePassing(torch.autograd.Function):
+    """The recurrence over chunks, in place on preallocated buffers (a loop of small autograd
+    steps would allocate every state twice).
+
+    states: (b, c, h, p, n) each chunk's own end-state contribution; log_decay, middle: (b, c, h)
+    each chunk's total log decay and factor split; initial: (b, h, p, n) or None.
+    E_0 = initial, E_{k+1} = exp(log_decay_k) E_k + states_k. Returns exp(middle_k) E_k for every
+    chunk k, and E_c, the final state.
+    """
+
+    @staticmethod
+    def forward(ctx, states, log_decay, middle, initial):
+        b, c, h, p, n = states.shape
+        decay, scale = (torch.exp(t)[..., None, None] for t in (log_decay, middle))
+        entering = torch.empty_like(states)
+        state = states.new_zeros(b, h, p, n) if initial is None else initial.to(states.dtype, copy=True)
+        for k in range(c):
+            torch.mul(state, scale[:, k], out=entering[:, k])
+            state.mul_(decay[:, k]).add_(states[:, k])
+        ctx.save_for_backward(entering, log_decay, middle)
+        ctx.has_initial = initial is not None
+        return entering, state
+
+    @staticmethod
+    def backward(ctx, grad_entering, grad_final):
+        entering, log_decay, middle = ctx.saved_tensors
+        decay, scale = (torch.exp(t)[..., None, None] for t in (log_decay, middle))
+        # adjoint = d loss / d E_k, swept from the last chunk back.
+        adjoint = grad_final.clone()
+        grad_states = torch.empty_like(entering)
+        for k in reversed(range(entering.shape[1])):
+            grad_states[:, k] = adjoint
+            adjoint.mul_(decay[:, k]).addcmul_(grad_entering[:, k], scale[:, k])
+        # E_k = entering_k / scale_k feeds exp(log_decay_k) E_k into E_{k+1}.
+        grad_log_decay = (grad_states * entering).sum((-1, -2)) * (decay / scale)[..., 0, 0]
+        grad_middle = (grad_entering * entering).sum((-1, -2))
+        return grad_states, grad_log_decay, grad_middle, (adjoint if ctx.has_initial else None)
 
 
 BACKEND = Backend(
     op="ssd", name="torch_chunked", impl=f"{__name__}:ssd", kind="torch",
-    priority=10, description="torch, chunked SSD matrix form (batched matmuls, loop over chunks)",
+    priority=10, description="torch, chunked SSD matrix form (batched matmuls, recurrence over chunks)",
 )

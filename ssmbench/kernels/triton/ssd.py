@@ -17,42 +17,17 @@ head is carried by a short sequential recurrence:
 Matrix products use ``tl.dot`` (tensor cores on the GPU) on operands in the input dtype with
 float32 accumulation; every intermediate is float32. Float32 operands are multiplied in full
 IEEE precision rather than Triton's default TF32, which would round them to 10 mantissa bits
-and miss the float32 tolerance of the correctness check.
+and miss the float32 tolerance of the correctness check (so float32 runs without tensor
+cores; half precision uses them).
 """
 from __future__ import annotations
-
-import os
 
 import torch
 import triton
 import triton.language as tl
+from triton.runtime.interpreter import InterpretedFunction
 
-INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-def _configs(gpu: list[dict], interpreted: dict) -> list[triton.Config]:
-    """Autotuning candidates; each dict holds block sizes plus optional "warps" and "stages".
-
-    Every block is at least 32 wide: tl.dot needs 16 on the GPU, and smaller sizes (a head dim
-    or state of 8, say) are masked inside one block.
-    """
-    # The interpreter runs each program in numpy: one config (autotuning would run every
-    # candidate) with large blocks, so that few programs do vectorised work.
-    if INTERPRETING:
-        return [triton.Config(interpreted, num_warps=1)]
-    configs = []
-    for c in gpu:
-        blocks = {k: v for k, v in c.items() if k not in ("warps", "stages")}
-        configs.append(triton.Config(blocks, num_warps=c.get("warps", 4), num_stages=c.get("stages", 3)))
-    return configs
-
-
-def _dot_precision(dtype: torch.dtype) -> str:
-    return "ieee" if dtype == torch.float32 else "tf32"
-
-
-# The interpreter multiplies bfloat16 blocks as their raw uint16 bits (numpy has no bfloat16), so
-# there the operands are widened first: exact, and the same float32 accumulation as on the GPU.
-_WIDEN_DOT_OPERANDS = tl.constexpr(INTERPRETING)
+from .common import Launcher, block_size, silu, softplus, strides
 
 
 @triton.jit
@@ -64,28 +39,37 @@ def _dot(a, b, acc, PRECISION: tl.constexpr):
     return acc
 
 
+# The interpreter multiplies bfloat16 blocks as their raw uint16 bits (numpy has no bfloat16;
+# triton-lang/triton#11584, closed as unsupported), so there the operands are widened first:
+# exact, and the same float32 accumulation as on the GPU.
+_WIDEN_DOT_OPERANDS = tl.constexpr(isinstance(_dot, InterpretedFunction))
+
+
 @triton.jit
-def _softplus(x):
-    # log1p(exp(x)) without losing the small values: log(w) * u / (w - 1) corrects the rounding
-    # of w = 1 + u. Above 20, softplus(x) == x in float32.
-    u = tl.exp(tl.minimum(x, 20.0))
-    w = 1.0 + u
-    small = tl.where(w == 1.0, u, tl.log(w) * u / (w - 1.0))
-    return tl.where(x > 20.0, x, small)
+def _tile_of_program(rows, cols, nchunks, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """(row tile, column tile, batch, chunk) of this program. The tiles of one chunk are
+    neighbours in launch order (they share its operands in L2), and the whole launch is numbered
+    along axis 0, which alone admits more than 65535 programs (long sequences have many chunks).
+    Batch and chunk are int64 so that the offsets built from them do not overflow."""
+    tiles_n = tl.cdiv(cols, BLOCK_N)
+    tiles = tl.cdiv(rows, BLOCK_M) * tiles_n
+    chunk = (tl.program_id(0) // tiles).to(tl.int64)
+    tile = tl.program_id(0) % tiles
+    return tile // tiles_n, tile % tiles_n, chunk // nchunks, chunk % nchunks
 
 
 @triton.jit
 def _dt_kernel(
     dt_ptr, A_ptr, bias_ptr, dt_out_ptr, cum_ptr,
-    seqlen, nheads,
+    seqlen, nheads, nchunks,
     s_dt_b, s_dt_l, s_dt_h,
     s_o_b, s_o_h, s_o_c,
     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     CHUNK: tl.constexpr, BLOCK_H: tl.constexpr,
 ):
-    pid_b = tl.program_id(0)
-    pid_c = tl.program_id(1)
-    offs_h = tl.program_id(2) * BLOCK_H + tl.arange(0, BLOCK_H)
+    pid_b = (tl.program_id(0) // nchunks).to(tl.int64)
+    pid_c = tl.program_id(0) % nchunks
+    offs_h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     offs_t = tl.arange(0, CHUNK)
     pos = pid_c * CHUNK + offs_t
     in_seq = pos[:, None] < seqlen
@@ -95,7 +79,7 @@ def _dt_kernel(
     if HAS_BIAS:
         dt += tl.load(bias_ptr + offs_h, mask=offs_h < nheads, other=0.0).to(tl.float32)[None, :]
     if SOFTPLUS:
-        dt = _softplus(dt)
+        dt = softplus(dt)
     # Steps past the end get dt = 0: they neither add to a state nor decay it.
     dt = tl.where(in_seq, dt, 0.0)
     A = tl.load(A_ptr + offs_h, mask=offs_h < nheads, other=0.0).to(tl.float32)
@@ -105,14 +89,6 @@ def _dt_kernel(
     tl.store(cum_ptr + out, cum, mask=head)
 
 
-@triton.autotune(
-    configs=_configs(
-        [dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32), dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=32, warps=8),
-         dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, stages=4)],
-        dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64),
-    ),
-    key=["CHUNK", "dstate"],
-)
 @triton.jit
 def _cb_kernel(
     C_ptr, B_ptr, cb_ptr,
@@ -123,15 +99,11 @@ def _cb_kernel(
     DOT_PRECISION: tl.constexpr, CHUNK: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    tiles_n = tl.cdiv(CHUNK, BLOCK_N)
-    pid_m = tl.program_id(0) // tiles_n
-    pid_n = tl.program_id(0) % tiles_n
+    pid_m, pid_n, pid_b, pid_c = _tile_of_program(CHUNK, CHUNK, nchunks, BLOCK_M, BLOCK_N)
     # Only s <= t is ever read: tiles wholly above the diagonal are left unwritten.
     if pid_n * BLOCK_N >= (pid_m + 1) * BLOCK_M:
         return
-    pid_b = tl.program_id(1) // nchunks
-    pid_c = tl.program_id(1) % nchunks
-    pid_g = tl.program_id(2)
+    pid_g = tl.program_id(1)
     chunk_len = tl.minimum(CHUNK, seqlen - pid_c * CHUNK)
     offs_t = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_s = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -152,14 +124,6 @@ def _cb_kernel(
     tl.store(out, acc, mask=(offs_t[:, None] < CHUNK) & (offs_s[None, :] < CHUNK))
 
 
-@triton.autotune(
-    configs=_configs(
-        [dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32), dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=32, warps=8),
-         dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, warps=8)],
-        dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64),
-    ),
-    key=["CHUNK", "hdim", "dstate"],
-)
 @triton.jit
 def _chunk_state_kernel(
     x_ptr, B_ptr, dt_ptr, cum_ptr, states_ptr,
@@ -171,12 +135,8 @@ def _chunk_state_kernel(
     DOT_PRECISION: tl.constexpr, CHUNK: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    tiles_n = tl.cdiv(dstate, BLOCK_N)
-    pid_m = tl.program_id(0) // tiles_n
-    pid_n = tl.program_id(0) % tiles_n
-    pid_b = tl.program_id(1) // nchunks
-    pid_c = tl.program_id(1) % nchunks
-    pid_h = tl.program_id(2)
+    pid_m, pid_n, pid_b, pid_c = _tile_of_program(hdim, dstate, nchunks, BLOCK_M, BLOCK_N)
+    pid_h = tl.program_id(1)
     chunk_len = tl.minimum(CHUNK, seqlen - pid_c * CHUNK)
     offs_p = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -203,10 +163,6 @@ def _chunk_state_kernel(
     tl.store(out, acc, mask=(offs_p[:, None] < hdim) & (offs_n[None, :] < dstate))
 
 
-@triton.autotune(
-    configs=_configs([dict(BLOCK=256), dict(BLOCK=1024, warps=8)], dict(BLOCK=1024)),
-    key=["state_size"],
-)
 @triton.jit
 def _state_passing_kernel(
     states_ptr, cum_ptr, init_ptr, final_ptr,
@@ -218,7 +174,7 @@ def _state_passing_kernel(
     HAS_INIT: tl.constexpr, CHUNK: tl.constexpr, BLOCK: tl.constexpr,
 ):
     """Replaces each chunk's own state by the state entering it (in place), in chunk order."""
-    pid_b = tl.program_id(1)
+    pid_b = tl.program_id(1).to(tl.int64)
     pid_h = tl.program_id(2)
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < state_size
@@ -237,14 +193,6 @@ def _state_passing_kernel(
     tl.store(final_ptr + pid_b * s_fin_b + pid_h * s_fin_h + offs, state, mask=mask)
 
 
-@triton.autotune(
-    configs=_configs(
-        [dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32), dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=32, warps=8),
-         dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, stages=4), dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=32, warps=8)],
-        dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64),
-    ),
-    key=["CHUNK", "hdim", "dstate"],
-)
 @triton.jit
 def _chunk_scan_kernel(
     x_ptr, z_ptr, C_ptr, cb_ptr, dt_ptr, cum_ptr, states_ptr, D_ptr, out_ptr,
@@ -260,12 +208,8 @@ def _chunk_scan_kernel(
     DOT_PRECISION: tl.constexpr, CHUNK: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    tiles_n = tl.cdiv(hdim, BLOCK_N)
-    pid_m = tl.program_id(0) // tiles_n
-    pid_n = tl.program_id(0) % tiles_n
-    pid_b = tl.program_id(1) // nchunks
-    pid_c = tl.program_id(1) % nchunks
-    pid_h = tl.program_id(2)
+    pid_m, pid_n, pid_b, pid_c = _tile_of_program(CHUNK, hdim, nchunks, BLOCK_M, BLOCK_N)
+    pid_h = tl.program_id(1)
     pid_g = pid_h // heads_per_group
     chunk_len = tl.minimum(CHUNK, seqlen - pid_c * CHUNK)
     offs_t = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -322,18 +266,57 @@ def _chunk_scan_kernel(
     if HAS_Z:
         z = tl.load(z_ptr + pid_b * s_z_b + pos[:, None] * s_z_l + pid_h * s_z_h + offs_p[None, :] * s_z_p,
                     mask=tile, other=0.0).to(tl.float32)
-        acc *= z * tl.sigmoid(z)
+        acc *= silu(z)
     out = out_ptr + pid_b * s_o_b + pos[:, None] * s_o_l + pid_h * s_o_h + offs_p[None, :] * s_o_p
     tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=tile)
 
 
-def _strides(t: torch.Tensor | None, ndim: int) -> tuple[int, ...]:
-    return t.stride() if t is not None else (0,) * ndim
+def _configs(*candidates: dict) -> list[triton.Config]:
+    """GPU autotuning candidates: block sizes, with optional "warps" and "stages".
+
+    Every block is at least 32 wide: tl.dot needs 16 on the GPU, and smaller sizes (a head dim
+    or state of 8, say) are masked inside one block.
+    """
+    return [triton.Config({k: v for k, v in c.items() if k not in ("warps", "stages")},
+                          num_warps=c.get("warps", 4), num_stages=c.get("stages", 3))
+            for c in candidates]
+
+
+# Under the interpreter, large tiles: few numpy programs, each vectorised.
+_INTERPRETED_TILES = dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64)
+
+_CB = Launcher(
+    _cb_kernel,
+    _configs(dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32), dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=32, warps=8),
+             dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, stages=4)),
+    key=["CHUNK", "dstate", "DOT_PRECISION"], interpreted=_INTERPRETED_TILES,
+)
+_CHUNK_STATE = Launcher(
+    _chunk_state_kernel,
+    _configs(dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32), dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=32, warps=8),
+             dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, warps=8)),
+    key=["CHUNK", "hdim", "dstate", "DOT_PRECISION"], interpreted=_INTERPRETED_TILES,
+)
+_STATE_PASSING = Launcher(
+    _state_passing_kernel,
+    _configs(dict(BLOCK=256), dict(BLOCK=1024, warps=8)),
+    key=["state_size"], interpreted=dict(BLOCK=1024),
+    # It rewrites the states in place: each autotuning trial must start from the same ones.
+    restore_value=("states_ptr",),
+)
+_CHUNK_SCAN = Launcher(
+    _chunk_scan_kernel,
+    _configs(dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32), dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=32, warps=8),
+             dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, stages=4),
+             dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=32, warps=8)),
+    key=["CHUNK", "hdim", "dstate", "DOT_PRECISION"], interpreted=_INTERPRETED_TILES,
+)
 
 
 def ssd_forward(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, initial_states=None,
                 dt_softplus=False):
-    """Launch the five kernels on validated arguments (shapes as ``ssmbench.ssd``).
+    """Launch the five kernels on validated arguments (shapes as ``ssmbench.ssd``; chunk_size a
+    power of two).
 
     Returns out (b, l, h, p) in x's dtype and the final states (b, h, p, n) in float32.
     """
@@ -341,7 +324,8 @@ def ssd_forward(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, initia
     ngroups, dstate = B.shape[2], B.shape[3]
     nchunks = triton.cdiv(seqlen, chunk_size)
     heads_per_group = nheads // ngroups
-    precision = _dot_precision(x.dtype)
+    # Float32 operands in full precision: Triton's default TF32 rounds them to 10 mantissa bits.
+    precision = "ieee" if x.dtype == torch.float32 else "tf32"
     f32 = dict(device=x.device, dtype=torch.float32)
     dt_out = torch.empty(batch, nheads, nchunks, chunk_size, **f32)
     cum = torch.empty_like(dt_out)
@@ -354,34 +338,34 @@ def ssd_forward(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, initia
                                      for t in (A, D, dt_bias, initial_states))
 
     # Enough heads per program to keep a (chunk, heads) tile near 4K elements.
-    block_h = min(triton.next_power_of_2(nheads), max(1, 4096 // chunk_size))
-    _dt_kernel[(batch, nchunks, triton.cdiv(nheads, block_h))](
-        dt, A, dt_bias, dt_out, cum, seqlen, nheads, *dt.stride(), *dt_out.stride()[:3],
+    block_h = min(block_size(nheads), max(1, 4096 // chunk_size))
+    _dt_kernel[(batch * nchunks, triton.cdiv(nheads, block_h))](
+        dt, A, dt_bias, dt_out, cum, seqlen, nheads, nchunks, *dt.stride(), *dt_out.stride()[:3],
         HAS_BIAS=dt_bias is not None, SOFTPLUS=dt_softplus, CHUNK=chunk_size, BLOCK_H=block_h,
     )
 
-    def grid(rows, cols, third):
-        return lambda meta: (triton.cdiv(rows, meta["BLOCK_M"]) * triton.cdiv(cols, meta["BLOCK_N"]),
-                             batch * nchunks, third)
+    def tiles(rows, cols, heads):
+        return lambda meta: (triton.cdiv(rows, meta["BLOCK_M"]) * triton.cdiv(cols, meta["BLOCK_N"])
+                             * batch * nchunks, heads)
 
-    _cb_kernel[grid(chunk_size, chunk_size, ngroups)](
+    _CB[tiles(chunk_size, chunk_size, ngroups)](
         C, B, cb, seqlen, dstate, nchunks, *C.stride(), *B.stride(), *cb.stride(),
         DOT_PRECISION=precision, CHUNK=chunk_size,
     )
-    _chunk_state_kernel[grid(hdim, dstate, nheads)](
+    _CHUNK_STATE[tiles(hdim, dstate, nheads)](
         x, B, dt_out, cum, states, seqlen, hdim, dstate, nchunks, heads_per_group,
         *x.stride(), *B.stride(), *dt_out.stride()[:3], *states.stride(),
         DOT_PRECISION=precision, CHUNK=chunk_size,
     )
     state_size = hdim * dstate
-    _state_passing_kernel[lambda meta: (triton.cdiv(state_size, meta["BLOCK"]), batch, nheads)](
+    _STATE_PASSING[lambda meta: (triton.cdiv(state_size, meta["BLOCK"]), batch, nheads)](
         states, cum, initial_states, final, state_size, nchunks,
-        *states.stride()[:3], *cum.stride()[:3], *_strides(initial_states, 4)[:2], *final.stride()[:2],
+        *states.stride()[:3], *cum.stride()[:3], *strides(initial_states, 4)[:2], *final.stride()[:2],
         HAS_INIT=initial_states is not None, CHUNK=chunk_size,
     )
-    _chunk_scan_kernel[grid(chunk_size, hdim, nheads)](
+    _CHUNK_SCAN[tiles(chunk_size, hdim, nheads)](
         x, z, C, cb, dt_out, cum, states, D, out, seqlen, hdim, dstate, nchunks, heads_per_group,
-        *x.stride(), *_strides(z, 4), *C.stride(), *cb.stride(), *dt_out.stride()[:3], *states.stride(),
+        *x.stride(), *strides(z, 4), *C.stride(), *cb.stride(), *dt_out.stride()[:3], *states.stride(),
         D.stride(0) if D is not None else 0, *out.stride(),
         HAS_D=D is not None, D_PER_CHANNEL=D is not None and D.dim() == 2, HAS_Z=z is not None,
         DOT_PRECISION=precision, CHUNK=chunk_size,

@@ -1,0 +1,292 @@
+"""Greedy generation, timed: our models with a static cache (the decode step replayed from CUDA
+graphs on a GPU), and the Hugging Face baseline with ``generate()``. Also the memory a model
+needs for a batch and context (weights + cache, exact bytes) and what fits a budget.
+
+``generation_case`` is the custom case function of the ``generation`` and ``jamba_throughput``
+suites: one model, one batch size, one prompt and generation length.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+
+import torch
+
+from ..impls.base import parse_dtype
+from ..impls.checks import element_size
+from .cache import kv_cache_bytes, mamba_state_bytes
+from .configs import ModelConfig, get_model
+from .layers import OP_FIELDS
+from .lm import LanguageModel, build_model, with_context
+
+GIB = 2**30
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """Bytes of the weights and of the inference cache (KV cache of the attention layers,
+    conv + SSM states of the Mamba layers) for one batch and context; activations excluded."""
+
+    weights: int
+    kv: int
+    mamba: int
+
+    @property
+    def cache(self) -> int:
+        return self.kv + self.mamba
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.cache
+
+
+def footprint(config: ModelConfig, batch: int, max_len: int, dtype="bfloat16", state_dtype=None) -> Footprint:
+    e = element_size(dtype)
+    return Footprint(config.param_count() * e, kv_cache_bytes(config, batch, max_len, e),
+                     mamba_state_bytes(config, batch, e, element_size(state_dtype or dtype)))
+
+
+def max_batch(config: ModelConfig, budget_bytes: int, max_len: int, dtype="bfloat16", state_dtype=None) -> int:
+    """The largest batch whose weights + cache for ``max_len`` tokens fit ``budget_bytes`` (0:
+    not even one sequence)."""
+    one = footprint(config, 1, max_len, dtype, state_dtype)
+    return max(0, (budget_bytes - one.weights) // one.cache)
+
+
+def max_context(config: ModelConfig, budget_bytes: int, batch: int = 1, dtype="bfloat16",
+                state_dtype=None) -> int | None:
+    """The longest context whose weights + cache for ``batch`` sequences fit ``budget_bytes``;
+    None when the cache does not grow with the context (no attention layer) and the rest fits."""
+    fixed = footprint(config, batch, 0, dtype, state_dtype).total
+    per_token = kv_cache_bytes(config, batch, 1, element_size(dtype))
+    if per_token == 0:
+        return None if fixed <= budget_bytes else 0
+    return max(0, (budget_bytes - fixed) // per_token)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclass
+class Generation:
+    tokens: torch.Tensor  # (b, gen)
+    prefill_s: float
+    decode_s: float
+
+
+class Generator:
+    """Greedy generation from one model into one static cache, reused across calls.
+
+    With ``cuda_graphs`` (default on a GPU) each decode step is captured once and replayed: a
+    graph reads the token buffer and writes the next token into it, so a replay launches no
+    Python. A pure SSM's step does not depend on the position, so one graph serves every step;
+    a model with a KV cache (or position embeddings) has one graph per position, captured in the
+    first call and sharing one memory pool. Time a call after the first.
+    """
+
+    def __init__(self, model: LanguageModel, batch: int, max_len: int, cuda_graphs: bool | None = None,
+                 state_dtype=None):
+        self.model, self.batch, self.max_len = model, batch, max_len
+        self.device = model.device
+        self.cuda_graphs = self.device.type == "cuda" if cuda_graphs is None else cuda_graphs
+        if self.cuda_graphs and self.device.type != "cuda":
+            raise ValueError(f"cuda_graphs needs the model on a CUDA device, not {self.device}")
+        self.cache = model.new_cache(batch, max_len, state_dtype)
+        self.token = torch.zeros(batch, dtype=torch.long, device=self.device)
+        self.graphs: dict[int | None, torch.cuda.CUDAGraph] = {}
+        self._pool = None
+
+    def _eager_step(self, pos: int) -> None:
+        self.token.copy_(self.model.step(self.token, self.cache, pos).argmax(-1))
+
+    def _warm_up(self, pos: int) -> None:
+        """Eager steps on a side stream before the first capture, as CUDA graphs require (lazy
+        library initialisation). They scribble on the cache; the prefill that follows rewrites
+        every state and the KV entries up to pos."""
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream):
+            for _ in range(2):
+                self._eager_step(pos)
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+        self._pool = torch.cuda.graph_pool_handle()
+
+    def _decode(self, pos: int) -> None:
+        if not self.cuda_graphs:
+            self._eager_step(pos)
+            return
+        key = pos if self.model.step_uses_position else None
+        graph = self.graphs.get(key)
+        if graph is None:
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self._pool):
+                self._eager_step(pos)
+            self.graphs[key] = graph
+        graph.replay()
+
+    @torch.inference_mode()
+    def generate(self, prompt: torch.Tensor, gen: int) -> Generation:
+        """Greedy continuation of ``prompt`` (b, l) by ``gen`` tokens: the first from the prefill,
+        then gen - 1 decode steps."""
+        b, length = prompt.shape
+        if b != self.batch or length + gen > self.max_len or gen < 1:
+            raise ValueError(f"generate: prompt {tuple(prompt.shape)} + {gen} tokens does not fit the "
+                             f"generator's batch {self.batch} and max_len {self.max_len}")
+        if self.cuda_graphs and self._pool is None:
+            self._warm_up(length)
+        out = torch.empty(b, gen, dtype=torch.long, device=self.device)
+        _sync(self.device)
+        t0 = time.perf_counter()
+        self.token.copy_(self.model.prefill(prompt, self.cache).argmax(-1))
+        out[:, 0] = self.token
+        _sync(self.device)
+        t1 = time.perf_counter()
+        for i in range(1, gen):
+            self._decode(length + i - 1)
+            out[:, i] = self.token
+        _sync(self.device)
+        return Generation(out, t1 - t0, time.perf_counter() - t1)
+
+
+def hf_model(config: ModelConfig, dtype="float32", device="cpu", seed: int = 0):
+    """A Hugging Face ``transformers`` causal LM of ``config``'s shape with random weights (no
+    download): GPT-2 for a GPT-3-style config (learned positions, LayerNorm, GELU MLP, biases),
+    Llama for a Llama-style one (RMSNorm, SwiGLU, rotary, grouped-query heads)."""
+    import transformers
+
+    if config.mamba_layers or config.n_experts > 1 or config.sliding_window:
+        raise ValueError(f"{config.name}: the Hugging Face baseline covers dense Transformers only")
+    gpt = config.learned_positions and config.norm == "layernorm" and config.mlp == "gelu"
+    llama = not config.learned_positions and config.norm == "rmsnorm" and config.mlp == "swiglu"
+    if gpt and config.head_dim * config.n_heads == config.d_model and config.n_kv_heads == config.n_heads:
+        hf_config = transformers.GPT2Config(
+            vocab_size=config.vocab_size, n_positions=config.learned_positions, n_embd=config.d_model,
+            n_layer=config.n_layers, n_head=config.n_heads, n_inner=config.d_ff, activation_function="gelu",
+            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, layer_norm_epsilon=1e-5,
+            tie_word_embeddings=config.tie_embeddings, pad_token_id=0, bos_token_id=0, eos_token_id=None)
+        cls = transformers.GPT2LMHeadModel
+    elif llama and not config.bias:
+        hf_config = transformers.LlamaConfig(
+            vocab_size=config.vocab_size, hidden_size=config.d_model, intermediate_size=config.d_ff,
+            num_hidden_layers=config.n_layers, num_attention_heads=config.n_heads,
+            num_key_value_heads=config.n_kv_heads, head_dim=config.head_dim, max_position_embeddings=2**20,
+            tie_word_embeddings=config.tie_embeddings, pad_token_id=0, bos_token_id=0, eos_token_id=None)
+        cls = transformers.LlamaForCausalLM
+    else:
+        raise ValueError(f"{config.name}: no Hugging Face model of this shape (GPT-3-style or Llama-style)")
+    with torch.random.fork_rng(devices=[]), torch.device(device):
+        torch.manual_seed(seed)
+        model = cls(hf_config)
+    return model.to(dtype=parse_dtype(dtype)).eval().requires_grad_(False)
+
+
+@torch.inference_mode()
+def hf_generate(model, prompt: torch.Tensor, gen: int) -> torch.Tensor:
+    """Greedy ``generate()`` of exactly ``gen`` new tokens, as the paper's baseline ran."""
+    out = model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
+                         max_new_tokens=gen, min_new_tokens=gen, pad_token_id=0)
+    return out[:, prompt.shape[1]:]
+
+
+def case_config(model: str, scale: int = 1, layers: int = 0, vocab: int = 0, max_len: int = 0) -> ModelConfig:
+    """A published config, widths divided by ``scale``, optionally with ``layers`` layers (the
+    same pattern, cut or repeated) and a ``vocab``-token vocabulary, with positions for
+    ``max_len`` tokens."""
+    config = get_model(model)
+    if scale != 1:
+        config = config.scaled(scale)
+    changes = {}
+    if layers:
+        changes["n_layers"] = layers
+    if vocab:
+        changes["vocab_size"] = vocab
+    if changes:
+        label = ",".join(f"{k}={v}" for k, v in (("layers", layers), ("vocab", vocab)) if v)
+        config = dataclasses.replace(config, name=f"{config.name}[{label}]", stated_params=None, **changes)
+    return with_context(config, max_len)
+
+
+def _ops_used(model: LanguageModel, since: int) -> str:
+    from ..impls import registry
+
+    chosen = {op: name for op, name, _ in registry.auto_choices[since:]}
+    named = {op: getattr(model.ops, op) for op in OP_FIELDS if getattr(model.ops, op) != "auto"}
+    used = {**chosen, **named}
+    return ",".join(f"{op}={used[op]}" for op in OP_FIELDS if op in used)
+
+
+def generation_case(model: str, impl: str = "ssmbench", batch: int = 1, prompt: int = 2048, gen: int = 128,
+                    dtype: str = "float16", device: str = "cuda", scale: int = 1, layers: int = 0,
+                    vocab: int = 0, backends: str = "auto", cuda_graphs: bool = True, repeats: int = 3,
+                    budget_gib: float = 0.0, state_dtype: str = "", threads: int = 0, seed: int = 0) -> dict:
+    """Time greedy generation of ``gen`` tokens after a ``prompt``-token prompt at ``batch``.
+
+    impl "ssmbench": our model (static cache; CUDA graphs for decode on a GPU when
+    ``cuda_graphs``); "hf": the Hugging Face model of the same shape with ``generate()``.
+    One untimed call first (graph capture, autotuning), then ``repeats`` timed calls;
+    tokens_per_s = batch * gen / mean total time (prefill + decode). ``budget_gib`` > 0: a case
+    whose weights + cache exceed it is not run and is recorded as "oom" with that reason.
+    ``threads`` > 0 sets the worker's torch thread count (the row records it): on a CPU shared
+    with other work, one thread per case keeps per-step times from waiting on busy cores.
+    """
+    if impl not in ("ssmbench", "hf"):
+        raise ValueError(f"impl must be 'ssmbench' or 'hf', got {impl!r}")
+    config = case_config(model, scale, layers, vocab, prompt + gen)
+    fp = footprint(config, batch, prompt + gen, dtype, state_dtype or None)
+    row = {"model_name": config.name, "n_params": config.param_count(), "weight_bytes": fp.weights,
+           "kv_bytes": fp.kv, "state_bytes": fp.mamba, "footprint_bytes": fp.total}
+    if budget_gib and fp.total > budget_gib * GIB:
+        return {**row, "status": "oom",
+                "reason": f"weights + cache ({fp.total / GIB:.3g} GiB) exceed the stated budget of {budget_gib:g} GiB"}
+    if threads:
+        torch.set_num_threads(threads)
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+        row["device_memory_bytes"] = torch.cuda.get_device_properties(dev).total_memory
+    ids = torch.randint(0, config.vocab_size, (batch, prompt), generator=torch.Generator().manual_seed(seed)).to(dev)
+    from ..impls import registry
+
+    since = len(registry.auto_choices)
+    if impl == "ssmbench":
+        lm = build_model(config, ops=backends, dtype=dtype, device=device, seed=seed)
+        generator = Generator(lm, batch, prompt + gen, cuda_graphs=cuda_graphs and dev.type == "cuda",
+                              state_dtype=state_dtype or None)
+        row.update(cache_bytes=generator.cache.nbytes, cuda_graphs=generator.cuda_graphs)
+
+        def once():
+            result = generator.generate(ids, gen)
+            return result.prefill_s, result.decode_s
+    else:
+        hf = hf_model(config, dtype, device, seed)
+
+        def once():
+            _sync(dev)
+            t0 = time.perf_counter()
+            hf_generate(hf, ids, 1)
+            _sync(dev)
+            t1 = time.perf_counter()
+            hf_generate(hf, ids, gen)
+            _sync(dev)
+            # The prefill is timed as its own one-token call; the decode is the rest of the full call.
+            return t1 - t0, time.perf_counter() - t1 - (t1 - t0)
+    t0 = time.perf_counter()
+    once()
+    first_call_s = time.perf_counter() - t0
+    samples = [once() for _ in range(repeats)]
+    prefill = sum(s[0] for s in samples) / repeats
+    decode = sum(s[1] for s in samples) / repeats
+    total = prefill + decode
+    row.update(
+        ops=_ops_used(lm, since) if impl == "ssmbench" else "transformers generate()",
+        prefill_ms=prefill * 1e3, decode_ms_per_token=decode * 1e3 / max(gen - 1, 1), total_ms=total * 1e3,
+        tokens_per_s=batch * gen / total, samples_ms=[(p + d) * 1e3 for p, d in samples],
+        first_call_ms=first_call_s * 1e3, repeats=repeats)
+    if impl == "ssmbench":
+        row["n_graphs"] = len(generator.graphs)
+    if dev.type == "cuda":
+        row["peak_mem_bytes"] = torch.cuda.max_memory_allocated(dev)
+    return row

@@ -1,0 +1,254 @@
+"""What the claim suites share: building op cases, scaling exponents with confidence intervals,
+crossover lengths, speedup intervals, the device a run measured on, and log-log figures.
+
+Exponents are slopes of log(time) against log(size) by least squares; their interval is
+slope +- t(0.975, n - 2) x the slope's standard error (scipy's ``linregress``), so two points
+give no interval and the verdicts that need one say so.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ..impls.registry import backends, get_op
+from .base import Case
+
+CONFIDENCE = 0.95
+
+
+# Cases.
+def registered(op: str, names: Iterable[str]) -> list[str]:
+    """The backends of ``names`` that this checkout has (a backend it has but this machine cannot
+    run still becomes a case: its row says why)."""
+    known = backends(op)
+    return [n for n in names if n in known]
+
+
+def op_cases(suite: str, op: str, names: Sequence[str], problems: Iterable[dict], *,
+             series: str = "", check_params: dict | None = None, **timing) -> list[Case]:
+    """One case per problem and backend, the backends of one problem next to each other (the
+    worker reuses the inputs and the float64 reference between them). ``problems`` are fields
+    over the op's defaults; ``check_params`` caps the fields of the correctness check (a field
+    is lowered to the cap, never raised)."""
+    spec = get_op(op)
+    cases = []
+    for fields in problems:
+        problem = spec.problem_type.from_params({**spec.default_problem.params(), **fields})
+        params = problem.params()
+        check = {k: v for k, v in (check_params or {}).items() if params[k] > v}
+        for name in registered(op, names):
+            cases.append(Case(suite=suite, op=op, backend=name, params=params,
+                              series=series or f"{op}/{name}", check_params=check, **timing))
+    return cases
+
+
+# Rows.
+def with_length(rows: pd.DataFrame) -> pd.DataFrame:
+    """Rows with ``L``, the sequence length whatever the op calls it."""
+    out = rows.copy()
+    length = pd.Series(np.nan, index=out.index)
+    for column in ("seqlen_q", "seqlen"):
+        if column in out:
+            length = length.fillna(out[column])
+    out["L"] = length
+    return out
+
+
+def timed(rows: pd.DataFrame) -> pd.DataFrame:
+    """The op rows that were checked and timed."""
+    if rows.empty or "median_ms" not in rows:
+        return rows.iloc[0:0]
+    return rows[(rows["status"] == "ok") & rows["median_ms"].notna()]
+
+
+def device_label(rows: pd.DataFrame, manifest: dict | None = None) -> str:
+    """Where the rows were measured, in words; a CPU run never reads as a GPU number."""
+    env = (manifest or {}).get("environment", {})
+    on_gpu = "device" in rows and (rows["device"] == "cuda").any()
+    if on_gpu:
+        name = _first(rows, "gpu_name") or env.get("gpu_name") or "unknown GPU"
+        return f"GPU: {name}"
+    cpu = _first(rows, "cpu_model") or env.get("cpu_model") or "unknown CPU"
+    threads = _first(rows, "threads") or env.get("torch_threads")
+    return f"CPU: {cpu}" + (f", {int(threads)} threads" if threads else "") + " (not the paper's GPU)"
+
+
+def _first(rows: pd.DataFrame, column: str):
+    if column not in rows:
+        return None
+    values = rows[column].dropna()
+    return values.iloc[0] if len(values) else None
+
+
+# Scaling exponents.
+@dataclass(frozen=True)
+class Fit:
+    """log y = intercept + slope log x over ``n`` points with x in [x_from, x_to]."""
+
+    slope: float
+    low: float  # the slope's confidence interval; NaN with fewer than 3 points
+    high: float
+    intercept: float
+    n: int
+    x_from: float
+    x_to: float
+
+    def predict(self, x):
+        return np.exp(self.intercept) * np.asarray(x, dtype=float) ** self.slope
+
+    def describe(self) -> str:
+        if math.isnan(self.low):
+            return f"{self.slope:.2f} (no interval: {self.n} points)"
+        return f"{self.slope:.2f} [{self.low:.2f}, {self.high:.2f}]"
+
+
+def loglog_fit(x: Sequence[float], y: Sequence[float], confidence: float = CONFIDENCE) -> Fit:
+    from scipy.stats import linregress, t
+
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if len(x) < 2 or len(np.unique(x)) < 2:
+        raise ValueError(f"a log-log fit needs at least 2 distinct x values, got {list(x)}")
+    fit = linregress(np.log(x), np.log(y))
+    n = len(x)
+    if n > 2:
+        half = t.ppf(0.5 + confidence / 2, n - 2) * fit.stderr
+        low, high = fit.slope - half, fit.slope + half
+    else:
+        low = high = math.nan
+    return Fit(float(fit.slope), float(low), float(high), float(fit.intercept), n, float(x.min()), float(x.max()))
+
+
+def upper_half(x: Iterable[float], at_least: int = 3) -> list[float]:
+    """The larger half of the distinct x values (at least ``at_least`` of them, or all): where
+    the asymptotic growth shows rather than fixed per-call costs."""
+    values = sorted(set(float(v) for v in x))
+    keep = max(at_least, math.ceil(len(values) / 2))
+    return values[-keep:]
+
+
+def fit_exponents(rows: pd.DataFrame, x: str, y: str = "median_ms", by: Sequence[str] = ("op", "backend"),
+                  upper: bool = True) -> pd.DataFrame:
+    """The exponent of y against x for each group of ``by``: over the upper half of x when
+    ``upper``, else over every x."""
+    records = []
+    for key, group in rows.dropna(subset=[x, y]).groupby(list(by), sort=True):
+        group = group.groupby(x, as_index=False)[y].median()
+        if upper:
+            group = group[group[x].isin(upper_half(group[x]))]
+        if group[x].nunique() < 2:
+            continue
+        fit = loglog_fit(group[x], group[y])
+        key = key if isinstance(key, tuple) else (key,)
+        records.append({**dict(zip(by, key)), "points": fit.n, f"{x}_from": int(fit.x_from),
+                        f"{x}_to": int(fit.x_to), "exponent": fit.slope, "ci_low": fit.low,
+                        "ci_high": fit.high, "fit": fit})
+    return pd.DataFrame(records)
+
+
+# Crossovers and speedups.
+@dataclass(frozen=True)
+class Crossover:
+    """Where series ``a`` (an SSM) becomes faster than series ``b`` (attention).
+
+    status: "crossed" (``length`` interpolated in log-log between the two measured lengths
+    around the last change from b faster to a faster), "always" (a faster at every common
+    length), "not reached" (b faster at every common length; ``length`` is where the fitted
+    power laws would cross, when they do beyond the range), or "no common length"."""
+
+    status: str
+    length: float | None
+    lengths: tuple[float, ...]
+    ratios: tuple[float, ...]  # time of b / time of a at each common length
+
+    def describe(self) -> str:
+        span = f"{int(self.lengths[0])}..{int(self.lengths[-1])}" if self.lengths else ""
+        if self.status == "crossed":
+            return f"L ≈ {self.length:,.0f}"
+        if self.status == "always":
+            return f"faster at every measured L ({span})"
+        if self.status == "not reached":
+            beyond = f"; the fitted lines cross at L ≈ {self.length:,.0f} (extrapolated)" if self.length else ""
+            return f"not reached in range ({span}){beyond}"
+        return "no length measured for both"
+
+
+def crossover(a: pd.Series, b: pd.Series) -> Crossover:
+    """``a``, ``b``: times indexed by length (medians). See :class:`Crossover`."""
+    common = sorted(set(a.index) & set(b.index))
+    if not common:
+        return Crossover("no common length", None, (), ())
+    ratio = np.array([b[L] / a[L] for L in common])
+    lengths, log_r = np.array(common, dtype=float), np.log(ratio)
+    if (log_r > 0).all():
+        return Crossover("always", None, tuple(lengths), tuple(ratio))
+    if (log_r <= 0).all():
+        return Crossover("not reached", _extrapolate(a, b, lengths[-1]), tuple(lengths), tuple(ratio))
+    i = max(j for j in range(len(common) - 1) if log_r[j] <= 0 < log_r[j + 1])
+    lx0, lx1 = np.log(lengths[i]), np.log(lengths[i + 1])
+    at = lx0 + (0 - log_r[i]) * (lx1 - lx0) / (log_r[i + 1] - log_r[i])
+    return Crossover("crossed", float(np.exp(at)), tuple(lengths), tuple(ratio))
+
+
+def _extrapolate(a: pd.Series, b: pd.Series, beyond: float) -> float | None:
+    """Where the power laws fitted to the upper halves of a and b meet, if beyond ``beyond``."""
+    fits = []
+    for s in (a, b):
+        keep = s[s.index.isin(upper_half(s.index))]
+        if len(keep) < 2:
+            return None
+        fits.append(loglog_fit(keep.index, keep.values))
+    fa, fb = fits
+    if fb.slope <= fa.slope:
+        return None
+    length = math.exp((fa.intercept - fb.intercept) / (fb.slope - fa.slope))
+    return length if length > beyond else None
+
+
+def speedup(slow_ms: Sequence[float], fast_ms: Sequence[float], confidence: float = CONFIDENCE,
+            resamples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """median(slow) / median(fast), with a percentile bootstrap interval (each sample set
+    resampled on its own; fixed seed, so a report is reproducible from its rows)."""
+    slow, fast = np.asarray(slow_ms, dtype=float), np.asarray(fast_ms, dtype=float)
+    ratio = float(np.median(slow) / np.median(fast))
+    rng = np.random.default_rng(seed)
+    boot = (np.median(rng.choice(slow, (resamples, len(slow))), axis=1)
+            / np.median(rng.choice(fast, (resamples, len(fast))), axis=1))
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.percentile(boot, [tail, 100 - tail])
+    return ratio, float(low), float(high)
+
+
+# Figures.
+def loglog_figure(path: Path, lines: Sequence[tuple[str, Sequence, Sequence, Fit | None]], *, xlabel: str,
+                  ylabel: str, title: str, base: int = 2) -> Path:
+    """One log-log plot: per line (label, x, y, fit or None) the measured points joined, and the
+    fitted power law dashed over its range, its slope in the legend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    for label, x, y, fit in lines:
+        (line,) = ax.plot(x, y, marker="o", ms=4, label=label if fit is None else f"{label} (slope {fit.describe()})")
+        if fit is not None:
+            xs = np.geomspace(fit.x_from, fit.x_to, 20)
+            ax.plot(xs, fit.predict(xs), ls="--", lw=1, color=line.get_color())
+    ax.set_xscale("log", base=base)
+    ax.set_yscale("log")
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def gib(n: float) -> str:
+    return f"{n / 2**30:,.6g} GiB"

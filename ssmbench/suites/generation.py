@@ -1,0 +1,300 @@
+"""C2: Mamba generates 4-5x faster than a Transformer of similar size, at each model's best
+batch ([M1] §4.5, Fig. 8 right); and an untrained Mamba-6.9B out-runs a Transformer-1.3B.
+
+Each case greedily generates ``gen`` tokens after a ``prompt``-token prompt at one batch size
+(:func:`ssmbench.models.generate.generation_case`): our Mamba and our Transformer (static cache,
+CUDA graphs for every decode step on a GPU), and the Hugging Face model of the Transformer's shape
+with ``generate()``, the baseline the paper ran. Throughput = batch x gen / (prefill + decode
+time). A batch that does not fit is recorded as "oom": on a GPU when the allocator says so, on
+the CPU when weights + cache exceed the preset's stated budget.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..models.generate import GIB, case_config, footprint, max_batch
+from . import common
+from .base import Case, Suite, Verdict
+
+NAME = "generation"
+FN = "ssmbench.models.generate:generation_case"
+PAPER_SETTING = ("A100 80GB PCIe; Mamba-1.4B vs Transformer-1.3B (and Mamba-6.9B, Transformer-6.7B); prompt 2048, "
+                 "generate 128; batch 1..128; fp16; 3 repeats averaged ([M1] §4.5)")
+PAPER_RATIO = 4.0  # "4-5x": the claim holds from its lower end
+
+
+@dataclass(frozen=True)
+class Model:
+    config: str  # a name in models.configs.MODELS
+    impl: str = "ssmbench"  # or "hf"
+    batches: tuple[int, ...] = ()  # () = the setting's
+
+    @property
+    def series(self) -> str:
+        return f"{self.config} ({'ours' if self.impl == 'ssmbench' else 'HF generate()'})"
+
+
+@dataclass(frozen=True)
+class Comparison:
+    claim: str
+    fast: str  # series
+    slow: str
+    paper_value: str
+    threshold: float  # the ratio at which the claim holds
+
+
+@dataclass(frozen=True)
+class Setting:
+    device: str
+    dtype: str
+    prompt: int
+    gen: int
+    batches: tuple[int, ...]
+    models: tuple[Model, ...]
+    comparisons: tuple[Comparison, ...]
+    scale: int = 1  # widths divided by this (ModelConfig.scaled); depth and pattern kept
+    repeats: int = 3
+    budget_gib: float = 0.0  # CPU: weights + cache above this are recorded as oom, not run
+    threads: int = 0
+    timeout_s: float = 300.0
+    backends: str = "auto"
+
+    def note(self) -> str:
+        size = "published shapes" if self.scale == 1 else f"widths / {self.scale} (depth kept)"
+        return (f"{size}; prompt {self.prompt}, generate {self.gen}; batch {self.batches[0]}..{self.batches[-1]}; "
+                f"{self.dtype}; {self.repeats} repeats averaged")
+
+
+MAMBA, TRANSFORMER = Model("Mamba-1.4B"), Model("Transformer-1.3B")
+HF = Model("Transformer-1.3B", "hf")
+
+
+def _main_comparisons(mamba: Model = MAMBA, ours: Model = TRANSFORMER, hf: Model = HF) -> tuple[Comparison, ...]:
+    return (
+        Comparison("C2: Mamba's generation throughput is 4-5x a Transformer's (best batch; HF generate() "
+                   "baseline, as the paper's)", mamba.series, hf.series, "4-5x", PAPER_RATIO),
+        Comparison("C2: Mamba's generation throughput is 4-5x a Transformer's (best batch; our static-cache "
+                   "Transformer with CUDA graphs, a stronger baseline than the paper's)", mamba.series, ours.series,
+                   "4-5x", PAPER_RATIO),
+    )
+
+
+BIG = Comparison("C2: an (untrained) Mamba-6.9B has higher generation throughput than a Transformer-1.3B",
+                 Model("Mamba-6.9B").series, TRANSFORMER.series, "higher (figure only)", 1.0)
+
+SETTINGS = {
+    "cpu-small": Setting(
+        device="cpu", dtype="float32", prompt=128, gen=32, batches=(1, 2, 4, 8, 16), scale=8, repeats=2,
+        models=(MAMBA, TRANSFORMER, HF, Model("Mamba-6.9B", batches=(1, 4, 16))),
+        comparisons=_main_comparisons() + (BIG,), budget_gib=1.0, threads=1, timeout_s=240),
+    "gpu": Setting(
+        device="cuda", dtype="float16", prompt=2048, gen=128, batches=(1, 2, 4, 8, 16, 32, 64), repeats=3,
+        models=(MAMBA, TRANSFORMER, HF, Model("Mamba-6.9B", batches=(1, 8, 64))),
+        comparisons=_main_comparisons() + (BIG,), timeout_s=300),
+    "paper": Setting(
+        device="cuda", dtype="float16", prompt=2048, gen=128, batches=tuple(2**k for k in range(8)), repeats=3,
+        models=(MAMBA, TRANSFORMER, HF, Model("Mamba-6.9B"), Model("Transformer-6.7B"),
+                Model("Transformer-6.7B", "hf")),
+        comparisons=_main_comparisons() + (BIG,) + (
+            Comparison("C2: Mamba-6.9B's generation throughput is 4-5x Transformer-6.7B's (best batch; HF "
+                       "generate())", Model("Mamba-6.9B").series, Model("Transformer-6.7B", "hf").series, "4-5x",
+                       PAPER_RATIO),),
+        timeout_s=900),
+}
+
+
+def cases(s: Setting) -> list[Case]:
+    out = []
+    for model in s.models:
+        for batch in model.batches or s.batches:
+            params = {"model": model.config, "impl": model.impl, "batch": batch, "prompt": s.prompt, "gen": s.gen,
+                      "dtype": s.dtype, "device": s.device, "scale": s.scale, "repeats": s.repeats,
+                      "budget_gib": s.budget_gib, "threads": s.threads, "backends": s.backends}
+            out.append(Case(suite=NAME, fn=FN, params=params, series=model.series, timeout_s=s.timeout_s))
+    return out
+
+
+# Analysis.
+def ok_rows(rows: pd.DataFrame) -> pd.DataFrame:
+    if rows.empty or "tokens_per_s" not in rows:
+        return rows.iloc[0:0]
+    return rows[(rows["status"] == "ok") & rows["tokens_per_s"].notna()]
+
+
+def best_batch(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per series: the batch with the highest throughput, and the largest batch that ran."""
+    done = ok_rows(rows)
+    records = []
+    for series, group in done.groupby("series", sort=False):
+        best = group.loc[group["tokens_per_s"].idxmax()]
+        ran = rows[rows["series"] == series]
+        failed = ran[ran["status"] != "ok"]
+        records.append({
+            "series": series, "model": best["model_name"], "params": int(best["n_params"]),
+            "best batch": int(best["batch"]), "tokens/s": best["tokens_per_s"], "prefill ms": best["prefill_ms"],
+            "decode ms/token": best["decode_ms_per_token"], "largest batch run": int(group["batch"].max()),
+            "batches not run": ", ".join(f"{int(r.batch)} ({r.status})" for r in failed.itertuples()) or "-"})
+    return pd.DataFrame(records)
+
+
+def ratio(best: pd.DataFrame, fast: str, slow: str) -> tuple[float, pd.Series, pd.Series] | None:
+    if best.empty or fast not in set(best["series"]) or slow not in set(best["series"]):
+        return None
+    a = best[best["series"] == fast].iloc[0]
+    b = best[best["series"] == slow].iloc[0]
+    return float(a["tokens/s"] / b["tokens/s"]), a, b
+
+
+def judge_comparisons(rows: pd.DataFrame, manifest: dict, comparisons, paper_setting: str) -> list[Verdict]:
+    device = common.device_label(rows, manifest)
+    on_cpu = not ("device" in rows and (rows["device"] == "cuda").any())
+    setting = _setting_text(rows)
+    best = best_batch(rows)
+    verdicts = []
+    for c in comparisons:
+        base = dict(claim=c.claim, paper_setting=paper_setting, paper_value=c.paper_value, device=device,
+                    setting=setting)
+        r = ratio(best, c.fast, c.slow)
+        if r is None:
+            verdicts.append(Verdict(**base, measured="not measured", verdict="not measured",
+                                    reason=_why_missing(rows, best, (c.fast, c.slow))))
+            continue
+        value, a, b = r
+        measured = (f"{value:.2f}x: {c.fast} {a['tokens/s']:,.1f} tokens/s at batch {int(a['best batch'])} vs "
+                    f"{c.slow} {b['tokens/s']:,.1f} tokens/s at batch {int(b['best batch'])}")
+        reason = f"holds when the best-batch throughput ratio is at least {c.threshold:g}x"
+        if on_cpu:
+            reason += ("; a CPU measurement of scaled-down models: decode there is bound by per-operation "
+                       "overhead rather than the GPU memory traffic the paper's result rests on, so only the "
+                       "ratio is judged")
+        verdicts.append(Verdict(**base, measured=measured, verdict="holds" if value >= c.threshold else "does not hold",
+                                reason=reason))
+    return verdicts
+
+
+def _why_missing(rows: pd.DataFrame, best: pd.DataFrame, series: tuple[str, ...]) -> str:
+    ran = set(best["series"]) if len(best) else set()
+    reasons = []
+    for name in series:
+        if name in ran:
+            continue
+        mine = rows[rows["series"] == name] if "series" in rows else rows.iloc[0:0]
+        if mine.empty:
+            reasons.append(f"this preset has no {name} cases")
+        else:
+            reasons.append(f"no batch of {name} ran: {mine['reason'].astype(str).iloc[0]}")
+    return "; ".join(reasons)
+
+
+def _setting_text(rows: pd.DataFrame) -> str:
+    done = ok_rows(rows)
+    if done.empty:
+        return ""
+    first = done.iloc[0]
+    batches = sorted(int(b) for b in rows["batch"].dropna().unique())
+    scale = int(first.get("scale", 1) or 1)
+    size = "published shapes" if scale == 1 else f"widths / {scale}, depth kept"
+    return (f"{size}; prompt {int(first['prompt'])}, generate {int(first['gen'])}; batch {batches[0]}..{batches[-1]}; "
+            f"{first['dtype']}; {int(first['repeats'])} repeats averaged; CUDA graphs for our decode steps: "
+            f"{'yes' if bool(done.get('cuda_graphs', pd.Series([False])).fillna(False).any()) else 'no'}")
+
+
+def judge(rows: pd.DataFrame, manifest: dict) -> list[Verdict]:
+    preset = (manifest or {}).get("preset")
+    comparisons = SETTINGS[preset].comparisons if preset in SETTINGS else _main_comparisons() + (BIG,)
+    return judge_comparisons(rows, manifest, comparisons, PAPER_SETTING)
+
+
+# Report pieces, shared with the jamba_throughput suite.
+def throughput_table(rows: pd.DataFrame, index: str = "batch") -> pd.DataFrame:
+    """tokens/s per ``index`` value (rows) and series (columns); a case that did not run shows
+    its status."""
+    if rows.empty or "series" not in rows:
+        return pd.DataFrame()
+    cells = rows.assign(cell=[f"{t:,.1f}" if s == "ok" and pd.notna(t) else s
+                              for s, t in zip(rows["status"], rows.get("tokens_per_s", pd.Series(np.nan, rows.index)))])
+    order = list(dict.fromkeys(rows["series"]))
+    wide = cells.pivot_table(index=index, columns="series", values="cell", aggfunc="first")
+    return wide[[s for s in order if s in wide.columns]].reset_index()
+
+
+CASE_COLUMNS = ["series", "batch", "prompt", "gen", "status", "prefill_ms", "decode_ms_per_token", "total_ms",
+                "tokens_per_s", "first_call_ms", "weight_bytes", "cache_bytes", "kv_bytes", "state_bytes",
+                "peak_mem_bytes", "n_graphs", "ops", "reason"]
+
+
+def case_table(rows: pd.DataFrame) -> pd.DataFrame:
+    return rows[[c for c in CASE_COLUMNS if c in rows]].reset_index(drop=True)
+
+
+def memory_table(rows: pd.DataFrame, max_len_column: str = "prompt") -> pd.DataFrame:
+    """Per series: weights and cache per sequence from the exact byte accounting, the cache the
+    cases allocated against that formula, and the largest batch the budget holds (the preset's
+    stated budget, or on a GPU the device's memory)."""
+    records = []
+    for series, group in rows.groupby("series", sort=False):
+        first = group.iloc[0]
+        max_len = int(first[max_len_column] + first["gen"])
+        config = case_config(first["model"], int(first.get("scale", 1) or 1), int(first.get("layers", 0) or 0),
+                             int(first.get("vocab", 0) or 0), max_len)
+        one = footprint(config, 1, max_len, first["dtype"])
+        budget = float(first.get("budget_gib", 0) or 0) * GIB or _device_bytes(rows)
+        allocated = ok_rows(group)
+        match = "-"
+        if "cache_bytes" in allocated and allocated["cache_bytes"].notna().any():
+            checked = allocated.dropna(subset=["cache_bytes"])
+            equal = [int(r.cache_bytes) == footprint(config, int(r.batch), max_len, first["dtype"]).cache
+                     for r in checked.itertuples()]
+            match = f"{sum(equal)}/{len(equal)} equal"
+        records.append({"series": series, "params": config.param_count(), "context": max_len,
+                        "weights": common.gib(one.weights), "cache per sequence": f"{one.cache:,} B",
+                        "allocated cache = formula": match,
+                        "budget": common.gib(budget) if budget else "-",
+                        "max batch in budget": max_batch(config, int(budget), max_len, first["dtype"]) if budget else "-"})
+    return pd.DataFrame(records)
+
+
+def _device_bytes(rows: pd.DataFrame) -> float:
+    if "device_memory_bytes" in rows and rows["device_memory_bytes"].notna().any():
+        return float(rows["device_memory_bytes"].dropna().iloc[0])
+    return 0.0
+
+
+def tables(rows: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    out = {"Generation throughput (tokens/s) by batch": throughput_table(rows),
+           "Best batch of each model": best_batch(rows),
+           "Memory: weights + cache, exact bytes": memory_table(rows),
+           "Cases": case_table(rows)}
+    return {k: v for k, v in out.items() if len(v)}
+
+
+def throughput_figure(rows: pd.DataFrame, path: Path, x: str, xlabel: str, title: str) -> Path | None:
+    done = ok_rows(rows)
+    if done.empty:
+        return None
+    lines = [(series, g[x], g["tokens_per_s"], None)
+             for series, g in done.sort_values(x).groupby("series", sort=False)]
+    return common.loglog_figure(path, lines, xlabel=xlabel, ylabel="generated tokens/s", title=title)
+
+
+def figures(rows: pd.DataFrame, folder: Path) -> list[Path]:
+    png = throughput_figure(rows, Path(folder) / "generation_throughput.png", "batch", "batch size",
+                            f"C2: generation throughput vs batch ({common.device_label(rows)})")
+    return [png] if png else []
+
+
+def _preset(name: str) -> list[Case]:
+    return cases(SETTINGS[name])
+
+
+SUITE = Suite(
+    name=NAME,
+    description="C2: generation throughput of Mamba vs a Transformer (ours and Hugging Face) by batch",
+    presets={name: partial(_preset, name) for name in SETTINGS},
+    judge=judge, figures=figures, tables=tables,
+)

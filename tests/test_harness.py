@@ -76,7 +76,7 @@ def test_wrong_backend_is_incorrect_and_not_timed(monkeypatch):
     monkeypatch.setattr("ssmbench.harness.execute.get_backend", lambda op, name: bad)
     case = Case(suite="t", op="selective_scan", backend="torch",
                 params=get_op("selective_scan").default_problem.replace(seqlen=16).params())
-    row = execute(case)
+    (row,) = execute(case)
     assert row["status"] == "incorrect"
     assert "exceeds tolerance" in row["reason"]
     assert "median_ms" not in row
@@ -212,6 +212,21 @@ def test_cli_compare_prints_table_and_stores_run(capsys, tmp_path):
     assert "| torch" in out and "ok" in out
     rows = load_runs("latest", results_dir=tmp_path)
     assert list(rows["backend"]) == ["torch"] and rows["dim"].iloc[0] == 16
+
+
+def test_interleaved_comparison_with_stability(tmp_path):
+    problem = get_op("selective_scan").default_problem.replace(dim=8, seqlen=32)
+    case = Case(suite="test", op="selective_scan", backends=("torch", "reference", "nope_not_real"),
+                params=problem.params(), stability=True, budget_s=0.1, min_repeats=5)
+    run = new_run(tmp_path, [case])
+    run_cases(run, progress=False)
+    rows = load_runs(run.path).set_index("backend")
+    assert rows.loc["torch", "status"] == "ok" and rows.loc["reference", "status"] == "ok"
+    assert rows.loc["nope_not_real", "status"] == "failed"
+    assert "unknown backend" in rows.loc["nope_not_real", "reason"]
+    assert rows.loc["torch", "n_samples"] == rows.loc["reference", "n_samples"] >= 5
+    assert abs(rows.loc["torch", "self_spread"]) < 1 and 0 <= rows.loc["torch", "self_p"] <= 1
+    assert run.done_case_ids() == {case.case_id}
 
 
 def test_timing_statistics():

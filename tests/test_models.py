@@ -197,7 +197,7 @@ def test_generation_case_over_budget_is_oom_and_builds_nothing():
 def test_generation_case_measures(impl):
     if impl == "hf":
         pytest.importorskip("transformers")
-    row = generation_case("Transformer-125M", impl=impl, batch=2, prompt=8, gen=4, dtype="float32", device="cpu",
+    row = generation_case("Transformer-125M", impl=impl, batch=2, prompt=8, gen=24, dtype="float32", device="cpu",
                           scale=16, layers=1, vocab=64, repeats=1)
     assert row["tokens_per_s"] > 0 and row["prefill_ms"] > 0 and row["decode_ms_per_token"] > 0
     assert row["total_ms"] == pytest.approx(row["samples_ms"][0])
@@ -208,7 +208,7 @@ def test_generation_case_measures(impl):
 @pytest.mark.parametrize("name,scale", [("Transformer-125M", 16), ("Mistral-7B", 64)])
 def test_hf_baseline_has_the_same_shape(name, scale):
     pytest.importorskip("transformers")
-    config = case_config(name, scale, 2, VOCAB)
+    config = dataclasses.replace(case_config(name, scale, 2, VOCAB), sliding_window=0)  # Llama-style with GQA
     model = hf_model(config)
     assert sum(p.numel() for p in model.parameters()) == config.param_count()
 
@@ -235,3 +235,35 @@ def test_generation_suite_cases_and_verdicts():
     assert ours.verdict == "does not hold" and ours.measured.startswith("2.50x")
     assert big.verdict == "not measured" and "no Mamba-6.9B (ours) cases" in big.reason
     assert "CPU" in hf.device
+
+
+CUDA = torch.cuda.is_available()
+
+
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_cuda_prefill_then_decode_matches_full_forward_in_bf16(family):
+    config = tiny(family)
+    model = build_model(config, dtype="bfloat16", device="cuda")
+    ids = torch.randint(0, config.vocab_size, (BATCH, PROMPT + STEPS), generator=torch.Generator().manual_seed(1))
+    ids = ids.cuda()
+    with torch.inference_mode():
+        full = model(ids)
+        cache = model.new_cache(BATCH, PROMPT + STEPS)
+        got = [model.prefill(ids[:, :PROMPT], cache)]
+        got += [model.step(ids[:, pos], cache, pos) for pos in range(PROMPT, PROMPT + STEPS)]
+    for i, logits in enumerate(got):
+        assert rel(logits, full[:, PROMPT - 1 + i]) < 3e-2, f"{family}: position {PROMPT - 1 + i}"
+
+
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_cuda_graph_decoding_matches_eager(family):
+    config = tiny(family)
+    model = build_model(config, device="cuda")
+    prompt = torch.randint(0, config.vocab_size, (BATCH, PROMPT), generator=torch.Generator().manual_seed(3)).cuda()
+    eager = Generator(model, BATCH, PROMPT + 8, cuda_graphs=False).generate(prompt, 8).tokens
+    graphs = Generator(model, BATCH, PROMPT + 8, cuda_graphs=True)
+    for _ in range(2):  # the first call captures, the second only replays
+        assert torch.equal(graphs.generate(prompt, 8).tokens, eager)
+    assert len(graphs.graphs) == (7 if model.step_uses_position else 1)

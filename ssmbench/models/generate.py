@@ -7,7 +7,9 @@ suites: one model, one batch size, one prompt and generation length.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging
 import time
 from dataclasses import dataclass
 
@@ -17,7 +19,6 @@ from ..impls.base import parse_dtype
 from ..impls.checks import element_size
 from .cache import kv_cache_bytes, mamba_state_bytes
 from .configs import ModelConfig, get_model
-from .layers import OP_FIELDS
 from .lm import LanguageModel, build_model, with_context
 
 GIB = 2**30
@@ -41,24 +42,28 @@ class Footprint:
         return self.weights + self.cache
 
 
-def footprint(config: ModelConfig, batch: int, max_len: int, dtype="bfloat16", state_dtype=None) -> Footprint:
+def footprint(config: ModelConfig, batch: int, max_len: int, dtype="bfloat16", state_dtype=None,
+              weight_bytes: int | None = None) -> Footprint:
+    """Weights in ``dtype`` (or ``weight_bytes`` per weight, e.g. 1 for int8 weights), cache in
+    ``dtype``, SSM states in ``state_dtype`` (default ``dtype``)."""
     e = element_size(dtype)
-    return Footprint(config.param_count() * e, kv_cache_bytes(config, batch, max_len, e),
+    return Footprint(config.param_count() * (weight_bytes or e), kv_cache_bytes(config, batch, max_len, e),
                      mamba_state_bytes(config, batch, e, element_size(state_dtype or dtype)))
 
 
-def max_batch(config: ModelConfig, budget_bytes: int, max_len: int, dtype="bfloat16", state_dtype=None) -> int:
+def max_batch(config: ModelConfig, budget_bytes: int, max_len: int, dtype="bfloat16", state_dtype=None,
+              weight_bytes: int | None = None) -> int:
     """The largest batch whose weights + cache for ``max_len`` tokens fit ``budget_bytes`` (0:
     not even one sequence)."""
-    one = footprint(config, 1, max_len, dtype, state_dtype)
+    one = footprint(config, 1, max_len, dtype, state_dtype, weight_bytes)
     return max(0, (budget_bytes - one.weights) // one.cache)
 
 
 def max_context(config: ModelConfig, budget_bytes: int, batch: int = 1, dtype="bfloat16",
-                state_dtype=None) -> int | None:
+                state_dtype=None, weight_bytes: int | None = None) -> int | None:
     """The longest context whose weights + cache for ``batch`` sequences fit ``budget_bytes``;
     None when the cache does not grow with the context (no attention layer) and the rest fits."""
-    fixed = footprint(config, batch, 0, dtype, state_dtype).total
+    fixed = footprint(config, batch, 0, dtype, state_dtype, weight_bytes).total
     per_token = kv_cache_bytes(config, batch, 1, element_size(dtype))
     if per_token == 0:
         return None if fixed <= budget_bytes else 0
@@ -209,13 +214,35 @@ def case_config(model: str, scale: int = 1, layers: int = 0, vocab: int = 0, max
     return with_context(config, max_len)
 
 
-def _ops_used(model: LanguageModel, since: int) -> str:
-    from ..impls import registry
+class _AutoChoices(logging.Handler):
+    """Collects what backend="auto" picks (the registry logs each pick) while attached."""
 
-    chosen = {op: name for op, name, _ in registry.auto_choices[since:]}
-    named = {op: getattr(model.ops, op) for op in OP_FIELDS if getattr(model.ops, op) != "auto"}
-    used = {**chosen, **named}
-    return ",".join(f"{op}={used[op]}" for op in OP_FIELDS if op in used)
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.chosen: dict[str, str] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        op, name = record.args[:2]
+        self.chosen[op] = name
+
+    @contextlib.contextmanager
+    def attached(self):
+        from ..impls.registry import log
+
+        level = log.level
+        log.addHandler(self)
+        log.setLevel(logging.INFO)
+        try:
+            yield self
+        finally:
+            log.removeHandler(self)
+            log.setLevel(level)
+
+
+def _ops_text(model: LanguageModel, chosen: dict[str, str]) -> str:
+    """op=backend for every op the model runs: named ones as named, auto ones as picked."""
+    named = {op: getattr(model.ops, op) for op in model.op_names}
+    return ",".join(f"{op}={chosen.get(op, 'auto') if named[op] == 'auto' else named[op]}" for op in model.op_names)
 
 
 def generation_case(model: str, impl: str = "ssmbench", batch: int = 1, prompt: int = 2048, gen: int = 128,
@@ -248,9 +275,6 @@ def generation_case(model: str, impl: str = "ssmbench", batch: int = 1, prompt: 
         torch.cuda.reset_peak_memory_stats(dev)
         row["device_memory_bytes"] = torch.cuda.get_device_properties(dev).total_memory
     ids = torch.randint(0, config.vocab_size, (batch, prompt), generator=torch.Generator().manual_seed(seed)).to(dev)
-    from ..impls import registry
-
-    since = len(registry.auto_choices)
     if impl == "ssmbench":
         lm = build_model(config, ops=backends, dtype=dtype, device=device, seed=seed)
         generator = Generator(lm, batch, prompt + gen, cuda_graphs=cuda_graphs and dev.type == "cuda",
@@ -273,15 +297,18 @@ def generation_case(model: str, impl: str = "ssmbench", batch: int = 1, prompt: 
             _sync(dev)
             # The prefill is timed as its own one-token call; the decode is the rest of the full call.
             return t1 - t0, time.perf_counter() - t1 - (t1 - t0)
-    t0 = time.perf_counter()
-    once()
-    first_call_s = time.perf_counter() - t0
+    # The first call (graph capture, lazy initialisation) is timed apart; the ops it runs are
+    # recorded (named ones are passed through the OpBackends, auto ones logged by the registry).
+    with _AutoChoices().attached() as choices:
+        t0 = time.perf_counter()
+        once()
+        first_call_s = time.perf_counter() - t0
     samples = [once() for _ in range(repeats)]
     prefill = sum(s[0] for s in samples) / repeats
     decode = sum(s[1] for s in samples) / repeats
     total = prefill + decode
     row.update(
-        ops=_ops_used(lm, since) if impl == "ssmbench" else "transformers generate()",
+        ops=_ops_text(lm, choices.chosen) if impl == "ssmbench" else "transformers generate()",
         prefill_ms=prefill * 1e3, decode_ms_per_token=decode * 1e3 / max(gen - 1, 1), total_ms=total * 1e3,
         tokens_per_s=batch * gen / total, samples_ms=[(p + d) * 1e3 for p, d in samples],
         first_call_ms=first_call_s * 1e3, repeats=repeats)

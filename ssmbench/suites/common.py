@@ -30,11 +30,11 @@ def registered(op: str, names: Iterable[str]) -> list[str]:
 
 
 def op_cases(suite: str, op: str, names: Sequence[str], problems: Iterable[dict], *,
-             series: str = "", check_params: dict | None = None, **timing) -> list[Case]:
+             panel: str = "", check_params: dict | None = None, **timing) -> list[Case]:
     """One case per problem and backend, the backends of one problem next to each other (the
     worker reuses the inputs and the float64 reference between them). ``problems`` are fields
-    over the op's defaults; ``check_params`` caps the fields of the correctness check (a field
-    is lowered to the cap, never raised)."""
+    over the op's defaults; the series is "<panel>op/backend"; ``check_params`` caps the fields
+    of the correctness check (a field is lowered to the cap, never raised)."""
     spec = get_op(op)
     cases = []
     for fields in problems:
@@ -43,7 +43,7 @@ def op_cases(suite: str, op: str, names: Sequence[str], problems: Iterable[dict]
         check = {k: v for k, v in (check_params or {}).items() if params[k] > v}
         for name in registered(op, names):
             cases.append(Case(suite=suite, op=op, backend=name, params=params,
-                              series=series or f"{op}/{name}", check_params=check, **timing))
+                              series=f"{panel}{op}/{name}", check_params=check, **timing))
     return cases
 
 
@@ -155,10 +155,11 @@ def fit_exponents(rows: pd.DataFrame, x: str, y: str = "median_ms", by: Sequence
 class Crossover:
     """Where series ``a`` (an SSM) becomes faster than series ``b`` (attention).
 
-    status: "crossed" (``length`` interpolated in log-log between the two measured lengths
-    around the last change from b faster to a faster), "always" (a faster at every common
-    length), "not reached" (b faster at every common length; ``length`` is where the fitted
-    power laws would cross, when they do beyond the range), or "no common length"."""
+    status: "crossed" (a faster at the longest common length; ``length`` interpolated in
+    log-log between the two measured lengths around the last change from b faster to a
+    faster), "always" (a faster at every common length), "not reached" (b faster at the
+    longest common length; ``length`` is where the power laws fitted to the upper halves would
+    cross, when they do beyond the range), or "no common length"."""
 
     status: str
     length: float | None
@@ -186,7 +187,7 @@ def crossover(a: pd.Series, b: pd.Series) -> Crossover:
     lengths, log_r = np.array(common, dtype=float), np.log(ratio)
     if (log_r > 0).all():
         return Crossover("always", None, tuple(lengths), tuple(ratio))
-    if (log_r <= 0).all():
+    if log_r[-1] <= 0:
         return Crossover("not reached", _extrapolate(a, b, lengths[-1]), tuple(lengths), tuple(ratio))
     i = max(j for j in range(len(common) - 1) if log_r[j] <= 0 < log_r[j + 1])
     lx0, lx1 = np.log(lengths[i]), np.log(lengths[i + 1])

@@ -46,6 +46,7 @@ class Setting:
     max_len: dict = field(default_factory=dict)  # (op, backend) -> longest L timed
     check_len: int = 512  # the correctness check runs at L = min(L, check_len)
     budget_s: float = 0.5
+    min_repeats: int = 3
     max_repeats: int = 20
     timeout_s: float = 300.0
     d_conv: int = 4
@@ -61,11 +62,12 @@ _GPU_BACKENDS = {"selective_scan": ["cuda", "triton", "mamba_ssm", "torch_fast",
 SETTINGS = {
     "cpu-small": Setting(
         device="cpu", dtype="float32", batch=1, dim=256, dstate=16, headdim=64, chunk_size=64,
-        lengths=(512, 1024, 2048, 4096, 8192),
+        # Steps of 1.5x and 4/3x: enough lengths in the upper half for an exponent interval.
+        lengths=(512, 768, 1024, 1536, 2048, 3072, 4096, 6144, 8192),
         backends={"selective_scan": ["torch_fast", "torch"], "ssd": ["torch_chunked", "torch"],
                   "attention": ["sdpa", "torch"]},
-        max_len={("selective_scan", "torch"): 4096, ("ssd", "torch"): 4096, ("attention", "torch"): 4096},
-        check_len=512, budget_s=0.4, max_repeats=15, timeout_s=120),
+        max_len={("selective_scan", "torch"): 2048, ("ssd", "torch"): 2048, ("attention", "torch"): 3072},
+        check_len=512, budget_s=0.4, min_repeats=5, max_repeats=15, timeout_s=120),
     "gpu": Setting(
         device="cuda", dtype="bfloat16", batch=1, dim=1024, dstate=16, headdim=64, chunk_size=256,
         lengths=tuple(2**k for k in range(9, 18)), backends=_GPU_BACKENDS, max_len=_LOOPS_GPU,
@@ -95,7 +97,8 @@ def cases(s: Setting) -> list[Case]:
         for L in s.lengths:
             wanted = [n for n in names if L <= s.max_len.get((op, n), L)]
             out += common.op_cases(NAME, op, wanted, [problems(s, op, L)], check_params={length_key: s.check_len},
-                                   budget_s=s.budget_s, max_repeats=s.max_repeats, timeout_s=s.timeout_s)
+                                   budget_s=s.budget_s, min_repeats=s.min_repeats, max_repeats=s.max_repeats,
+                                   timeout_s=s.timeout_s)
     for kind in ("mamba", "attention"):
         for L in s.lengths:
             out.append(Case(suite=NAME, fn=f"{__name__}:decode_state_bytes", series=f"decode state/{kind}",
@@ -286,7 +289,7 @@ def _decode_state_verdict(memory: pd.DataFrame, device: str) -> Verdict:
         return Verdict(**base, setting="", measured="no decode-state rows", verdict="not measured",
                        reason="the decode_state_bytes cases did not run")
     first = memory.iloc[0]
-    setting = f"one layer, batch {first['batch']}, D={first['dim']}, N={first['dstate']}, {first['dtype']}"
+    setting = f"one layer, batch {int(first['batch'])}, D={int(first['dim'])}, N={int(first['dstate'])}, {first['dtype']}"
     fits = {kind: common.loglog_fit(g["seqlen"], g["state_bytes"]) for kind, g in memory.groupby("kind")}
     exact = bool(memory["equal"].all())
     flat = "mamba" in fits and abs(fits["mamba"].slope) < 1e-9

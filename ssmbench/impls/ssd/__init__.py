@@ -71,28 +71,36 @@ def per_channel(D: torch.Tensor | None) -> torch.Tensor | None:
     return D if D is None or D.dim() == 2 else D[:, None]
 
 
+def uniform(shape, gen: torch.Generator, low: float, high: float, dtype: torch.dtype,
+            device: str) -> torch.Tensor:
+    return (torch.rand(*shape, generator=gen, dtype=torch.float64) * (high - low) + low).to(device, dtype)
+
+
+def random_step_sizes(dt_shape, bias_shape, gen: torch.Generator, dtype: torch.dtype, device: str,
+                      softplus: bool, has_bias: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """dt and dt_bias (bias_shape, the trailing dims of dt_shape; float32 weights) whose step
+    sizes after the bias and softplus lie in about [0.001, 0.1], as Mamba initialises them."""
+    wdt = weight_dtype(dtype)
+    if not softplus:
+        dt = uniform(dt_shape, gen, 0.001, 0.1, dtype, device)
+        return dt, uniform(bias_shape, gen, 0.0, 0.02, wdt, device) if has_bias else None
+    bias = torch.log(torch.expm1(uniform(bias_shape, gen, 0.001, 0.1, torch.float64, device)))  # softplus^-1
+    raw = random_tensor(dt_shape, gen, torch.float64, device, scale=0.5)
+    if has_bias:
+        return raw.to(dtype), bias.to(wdt)
+    return (raw + bias).to(dtype), None
+
+
 def make_inputs(p: SSDProblem, gen: torch.Generator) -> dict[str, Any]:
     dt, wdt, dev = DTYPES[p.dtype], weight_dtype(DTYPES[p.dtype]), p.device
     h = p.nheads
-
-    def uniform(shape, low, high, dtype):
-        return (torch.rand(*shape, generator=gen, dtype=torch.float64) * (high - low) + low).to(dev, dtype)
-
-    # Step sizes after the bias and softplus lie in [0.001, 0.1], as Mamba-2 initialises them.
-    if p.dt_softplus:
-        target = uniform((h,), 0.001, 0.1, torch.float64)
-        bias = torch.log(torch.expm1(target))  # softplus^-1
-        dt_raw = random_tensor((p.batch, p.seqlen, h), gen, torch.float64, dev, scale=0.5)
-        dt_bias = bias.to(wdt) if p.has_dt_bias else None
-        dt_in = (dt_raw if p.has_dt_bias else dt_raw + bias).to(dt)
-    else:
-        dt_in = uniform((p.batch, p.seqlen, h), 0.001, 0.1, dt)
-        dt_bias = uniform((h,), 0.0, 0.02, wdt) if p.has_dt_bias else None
+    dt_in, dt_bias = random_step_sizes((p.batch, p.seqlen, h), (h,), gen, dt, dev, p.dt_softplus,
+                                       p.has_dt_bias)
     bc = (p.batch, p.seqlen, p.ngroups, p.dstate)
     return {
         "x": random_tensor((p.batch, p.seqlen, h, p.headdim), gen, dt, dev),
         "dt": dt_in,
-        "A": -torch.exp(uniform((h,), 0.0, 1.0, torch.float64)).to(wdt),
+        "A": -torch.exp(uniform((h,), gen, 0.0, 1.0, wdt, dev)),
         # B, C scaled so that C.B is of order one whatever dstate is.
         "B": random_tensor(bc, gen, dt, dev, scale=p.dstate ** -0.25),
         "C": random_tensor(bc, gen, dt, dev, scale=p.dstate ** -0.25),
@@ -146,7 +154,7 @@ def outputs(kwargs: Mapping[str, Any], result) -> dict[str, torch.Tensor]:
 
 
 def bytes_moved(p: SSDProblem) -> int:
-    e, w = element_size(p.dtype), element_size(p.dtype) if p.dtype == "float64" else 4  # weights
+    e, w = element_size(p.dtype), element_size("float64" if p.dtype == "float64" else "float32")  # weights
     blhp = p.batch * p.seqlen * p.nheads * p.headdim
     total = (2 + p.has_z) * blhp * e  # x, out, z
     total += p.batch * p.seqlen * (p.nheads + 2 * p.ngroups * p.dstate) * e  # dt, B, C

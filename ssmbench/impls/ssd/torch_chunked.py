@@ -24,8 +24,6 @@ from . import per_channel, scale_, skip_and_gate, step_sizes
 # total log decay is at least -2 * FACTOR_LIMIT; faster-decaying (batch, chunk, head) triples
 # are computed with the decay matrix itself.
 FACTOR_LIMIT = 60.0
-# Rows of the within-chunk product taken per matmul, skipping the zero upper blocks.
-ROW_BLOCK = 64
 
 
 def ssd(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=None, initial_states=None,
@@ -61,23 +59,21 @@ def ssd(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=None, initial_st
 
     Bg, Cg = group_major(B), group_major(C)
     xr = group_major(x * right[..., None])  # (b, c, g, q, r p)
-    # A chunk's own contribution to its end state: sum_j exp(total - cs_j) dt_j x_j B_j^T.
-    states = scale_((xr.transpose(-1, -2) @ Bg).view(b, c, h, p, n),
-                    torch.exp(total - middle)[..., None, None])
+    # A chunk's own contribution to its end state: sum_j exp(total - cs_j) dt_j x_j B_j^T. Kept
+    # as the matmul's own (b, c, g, r p, n) tensor, not a view, so that StatePassing can
+    # overwrite it.
+    states = scale_(xr.transpose(-1, -2) @ Bg,
+                    torch.exp(total - middle).repeat_interleave(p, -1).view(b, c, g, r * p, 1))
     slow = None if bool(fast.all()) else _slow_triples(~fast, cs, dt, x, B, C, r)
     if slow is not None:
         index, slow_y, slow_states = slow
-        states[index] += slow_states
+        states.view(b, c, h, p, n)[index] += slow_states
     # States entering each chunk, times exp(middle) so that left * that = exp(cs_i).
     entering, final = StatePassing.apply(states, total, middle, initial_states)
 
     scores = (Cg @ Bg.transpose(-1, -2)).tril_()  # (b, c, g, q, q): C_i . B_j for j <= i
-    y = Cg @ entering.view(b, c, g, r * p, n).transpose(-1, -2)  # (b, c, g, q, r p)
-    # Scores vanish above the diagonal: rows [start, stop) need only columns [0, stop).
-    y3, scores3, xr3 = y.view(-1, q, r * p), scores.view(-1, q, q), xr.reshape(-1, q, r * p)
-    for start in range(0, q, ROW_BLOCK):
-        stop = min(start + ROW_BLOCK, q)
-        y3[:, start:stop].baddbmm_(scores3[:, start:stop, :stop], xr3[:, :stop])
+    y = Cg @ entering.transpose(-1, -2)  # (b, c, g, q, r p)
+    y.view(-1, q, r * p).baddbmm_(scores.view(-1, q, q), xr.reshape(-1, q, r * p))
     y = scale_(y.view(b, c, g, q, r, p), group_major(left).unsqueeze(-1))
     y = y.transpose(2, 3).reshape(b, c, q, h, p)
     if slow is not None:
@@ -105,42 +101,50 @@ def _slow_triples(slow, cs, dt, x, B, C, heads_per_group):
 
 
 class StatePassing(torch.autograd.Function):
-    """The recurrence over chunks, in place on preallocated buffers (a loop of small autograd
-    steps would allocate every state twice).
+    """The recurrence over chunks, in place (a loop of small autograd steps would allocate two
+    fresh states per chunk, and fresh memory costs page faults).
 
-    states: (b, c, h, p, n) each chunk's own end-state contribution; log_decay, middle: (b, c, h)
-    each chunk's total log decay and factor split; initial: (b, h, p, n) or None.
-    E_0 = initial, E_{k+1} = exp(log_decay_k) E_k + states_k. Returns exp(middle_k) E_k for every
-    chunk k, and E_c, the final state.
+    states: (b, c, h * p, n) in any split of h * p, each chunk's own end-state contribution,
+    overwritten with the result; log_decay, middle: (b, c, h) each chunk's total log decay and
+    factor split; initial: (b, h, p, n) or None. E_0 = initial, E_{k+1} = exp(log_decay_k) E_k +
+    states_k. Returns exp(middle_k) E_k for every chunk k (in the memory and shape of states),
+    and E_c, the final state (b, h, p, n).
     """
 
     @staticmethod
     def forward(ctx, states, log_decay, middle, initial):
-        b, c, h, p, n = states.shape
+        b, c, h = log_decay.shape
+        chunks = states.view(b, c, h, -1, states.shape[-1])
         decay, scale = (torch.exp(t)[..., None, None] for t in (log_decay, middle))
-        entering = torch.empty_like(states)
-        state = states.new_zeros(b, h, p, n) if initial is None else initial.to(states.dtype, copy=True)
+        state = (chunks.new_zeros(chunks[:, 0].shape) if initial is None
+                 else initial.to(states.dtype, copy=True))
+        spare = torch.empty_like(state)
         for k in range(c):
-            torch.mul(state, scale[:, k], out=entering[:, k])
-            state.mul_(decay[:, k]).add_(states[:, k])
-        ctx.save_for_backward(entering, log_decay, middle)
+            torch.addcmul(chunks[:, k], state, decay[:, k], out=spare)
+            torch.mul(state, scale[:, k], out=chunks[:, k])
+            state, spare = spare, state
+        ctx.mark_dirty(states)
+        ctx.save_for_backward(states, log_decay, middle)
         ctx.has_initial = initial is not None
-        return entering, state
+        return states, state
 
     @staticmethod
     def backward(ctx, grad_entering, grad_final):
         entering, log_decay, middle = ctx.saved_tensors
+        b, c, h = log_decay.shape
+        entering, grad_entering = (t.reshape(b, c, h, -1, t.shape[-1]) for t in (entering, grad_entering))
         decay, scale = (torch.exp(t)[..., None, None] for t in (log_decay, middle))
-        # adjoint = d loss / d E_k, swept from the last chunk back.
+        # adjoint = d loss / d E_k, swept from the last chunk back; grad_states_k = adjoint_{k+1}.
         adjoint = grad_final.clone()
         grad_states = torch.empty_like(entering)
-        for k in reversed(range(entering.shape[1])):
+        for k in reversed(range(c)):
             grad_states[:, k] = adjoint
             adjoint.mul_(decay[:, k]).addcmul_(grad_entering[:, k], scale[:, k])
         # E_k = entering_k / scale_k feeds exp(log_decay_k) E_k into E_{k+1}.
         grad_log_decay = (grad_states * entering).sum((-1, -2)) * (decay / scale)[..., 0, 0]
         grad_middle = (grad_entering * entering).sum((-1, -2))
-        return grad_states, grad_log_decay, grad_middle, (adjoint if ctx.has_initial else None)
+        return (grad_states.view(ctx.saved_tensors[0].shape), grad_log_decay, grad_middle,
+                adjoint if ctx.has_initial else None)
 
 
 BACKEND = Backend(

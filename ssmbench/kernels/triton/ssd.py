@@ -179,7 +179,8 @@ def _state_passing_kernel(
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < state_size
     if HAS_INIT:
-        state = tl.load(init_ptr + pid_b * s_init_b + pid_h * s_init_h + offs, mask=mask, other=0.0).to(tl.float32)
+        state = tl.load(init_ptr + pid_b * s_init_b + pid_h * s_init_h + offs, mask=mask, other=0.0)
+        state = state.to(tl.float32)
     else:
         state = tl.zeros((BLOCK,), dtype=tl.float32)
     st_ptrs = states_ptr + pid_b * s_st_b + pid_h * s_st_h + offs

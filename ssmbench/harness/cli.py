@@ -86,8 +86,8 @@ def cmd_run(args) -> int:
                 cases = [c for c in cases if not c.backend or c.backend in keep]
             device = "cuda" if any(c.params.get("device") == "cuda" for c in cases) else "cpu"
             summaries.append(start_run(f"{suite.name}-{preset}", cases, suite=suite.name, preset=preset,
-                                       device=device, results_dir=args.results_dir, threads=args.threads,
-                                       progress=not args.quiet))
+                                       device=device, results_dir=args.results_dir,
+                                       threads=args.threads or suite.threads.get(preset), progress=not args.quiet))
             print(summaries[-1].line(), flush=True)
     if args.resume:
         print(summaries[0].line())

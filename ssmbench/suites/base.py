@@ -80,7 +80,8 @@ class Verdict:
 class Suite:
     """name: the --suite name. presets: preset name -> function returning the cases.
     judge(rows, manifest) -> verdicts. figures(rows, folder) -> PNG paths written.
-    tables(rows) -> {title: DataFrame} for the report (default: the timing table)."""
+    tables(rows) -> {title: DataFrame} for the report (default: the timing table).
+    threads: preset -> torch threads when the command line names none (recorded as always)."""
 
     name: str
     description: str
@@ -90,6 +91,7 @@ class Suite:
     tables: Callable[..., dict] | None = None
     default_preset: str = "cpu-small"
     extra: Mapping[str, Any] = field(default_factory=dict)
+    threads: Mapping[str, int] = field(default_factory=dict)
 
     def cases(self, preset: str) -> list[Case]:
         if preset not in self.presets:

@@ -403,4 +403,5 @@ SUITE = Suite(
     presets={name: partial(_preset, name) for name in SETTINGS},
     judge=judge, figures=figures, tables=tables,
     extra={"paper_values": paper_values},
+    threads={"cpu-small": common.CPU_THREADS},
 )

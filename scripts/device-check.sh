@@ -24,7 +24,10 @@ $py -m ssmbench.harness.cli list --device cuda | tee "$OUT/backends.txt"
 
 step "correctness of every backend on CUDA (fp32, bf16)"
 timeout "${CHECK_TIMEOUT:-200}" $py -m pytest -q -p no:cacheprovider tests/test_correctness.py -k cuda \
-    2>&1 | tail -n 80 | tee "$OUT/correctness.txt"
+    2>&1 | tail -n 60 | tee "$OUT/correctness.txt"
+step "GPU tests of our CUDA extension and Triton kernels"
+timeout "${KERNEL_TEST_TIMEOUT:-150}" $py -m pytest -q -p no:cacheprovider tests/test_cuda_ext.py tests/test_triton.py \
+    tests/test_triton_ssd.py 2>&1 | tail -n 40 | tee "$OUT/kernel-tests.txt"
 
 step "benchmark: kernels suite, gpu preset"
 timeout "${BENCH_TIMEOUT:-240}" $py -m ssmbench.harness.cli --results-dir "$OUT/results" --reports-dir "$OUT/reports" \

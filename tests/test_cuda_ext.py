@@ -47,6 +47,11 @@ def test_every_source_of_the_extension_exists():
         assert (build.SOURCE_DIR / source).is_file(), source
 
 
+def test_python_and_cuda_agree_on_the_largest_state():
+    header = (build.SOURCE_DIR / "ssm_launch.h").read_text()
+    assert f"constexpr int kMaxDState = {build.MAX_DSTATE};" in header
+
+
 @pytest.mark.skipif(CUDA, reason="checks the CPU-only answer")
 @pytest.mark.parametrize("op", ["selective_scan", "selective_state_update"])
 def test_our_cuda_backends_say_they_need_a_gpu_and_build_nothing(op):

@@ -147,7 +147,8 @@ def test_state_update_layouts_agree(backend, groups):
     m2 = step_inputs(StateUpdateProblem(batch=b, nheads=h, dim=p, dstate=n, ngroups=groups,
                                         has_z=True, dtype="float64"))
     m1 = dict(m2, state=m2["state"].flatten(1, 2).clone(), x=m2["x"].flatten(1), dt=m2["dt"].flatten(1),
-              z=m2["z"].flatten(1), A=m2["A"].flatten(0, 1), D=m2["D"].flatten(), dt_bias=m2["dt_bias"].flatten())
+              z=m2["z"].flatten(1), A=m2["A"].flatten(0, 1), D=m2["D"].flatten(),
+              dt_bias=m2["dt_bias"].flatten())
     if groups == 1:
         m1.update(B=m2["B"][:, 0], C=m2["C"][:, 0])  # Mamba-1's ungrouped (b, n)
     state2 = m2["state"].clone()
@@ -223,5 +224,6 @@ def test_state_update_bad_arguments_are_named():
 def test_state_update_problem_round_trip():
     op = get_op("selective_state_update")
     for problem in op.test_problems():
-        canonical = problem.replace(state_dtype="" if problem.state_dtype == problem.dtype else problem.state_dtype)
+        same = problem.state_dtype == problem.dtype  # problem_of names the state's dtype only if it differs
+        canonical = problem.replace(state_dtype="" if same else problem.state_dtype)
         assert op.problem_of(step_inputs(problem)) == canonical

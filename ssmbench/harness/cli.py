@@ -139,6 +139,15 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_tables(args) -> int:
+    from .report import write_paper_tables
+
+    text, folder = write_paper_tables(args.runs or None, results_dir=args.results_dir, out_dir=args.reports_dir)
+    print(text)
+    print(f"written to {folder}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ssmbench", description=__doc__)
     parser.add_argument("--results-dir", type=Path, default=None,
@@ -176,6 +185,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", action="store_true", help="write the report when done")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("tables", help="regenerate the papers' tables, the paper's value beside ours")
+    p.add_argument("runs", nargs="*", help="run folders or ids to compare with (default: each suite's latest)")
+    p.set_defaults(func=cmd_tables)
 
     p = sub.add_parser("report", help="write the report of one or more runs")
     p.add_argument("runs", nargs="*", help="run folders or ids (default: latest)")

@@ -11,7 +11,7 @@ import pandas as pd
 from .store import load_runs, read_manifest, resolve_runs
 
 TIMING_COLUMNS = ["backend", "status", "median_ms", "ci_low_ms", "ci_high_ms", "iqr_ms", "gbps", "pct_bw",
-                  "tflops", "pct_flops", "rel_error", "first_call_ms", "self_spread", "reason"]
+                  "tflops", "pct_flops", "rel_error", "checked_at", "first_call_ms", "self_spread", "reason"]
 
 
 def timing_table(rows: pd.DataFrame, by: list[str] | None = None) -> pd.DataFrame:
@@ -70,7 +70,10 @@ def write_report(runs, results_dir: Path | None = None, out_dir: Path | None = N
         suite = get_suite(suite_name) if suite_name in available_suites() else None
         blocks: list = []
         if suite is not None and suite.judge is not None:
-            verdicts = suite.judge(suite_rows, manifests[0])
+            # The manifest of the run these rows came from (a report may hold several runs).
+            run_ids = set(suite_rows["run_id"])
+            manifest = next((m for m in manifests if m["run_id"] in run_ids), manifests[0])
+            verdicts = suite.judge(suite_rows, manifest)
             blocks.append(("Claims", pd.DataFrame([v.__dict__ for v in verdicts])))
         tables = suite.tables(suite_rows) if suite is not None and suite.tables else {"Cases": timing_table(suite_rows)}
         blocks.extend(tables.items())
@@ -82,6 +85,53 @@ def write_report(runs, results_dir: Path | None = None, out_dir: Path | None = N
     (folder / "index.md").write_text(_render_md(name, sections))
     (folder / "index.html").write_text(_render_html(name, sections))
     return folder
+
+
+def paper_tables(runs=None, results_dir: Path | None = None) -> dict[str, pd.DataFrame]:
+    """Each reproducible table of the papers, the paper's value beside ours, and the numbers
+    their text states next to what the given runs (default: each suite's latest) measured.
+    Suites take part through ``extra["paper_tables"]`` and ``extra["paper_values"]``, each a
+    function of the suite's rows (empty when no run of it exists)."""
+    from ..suites import available_suites, get_suite
+    from .store import ResultsError, default_results_dir, latest_run
+
+    given = load_runs(*runs, results_dir=results_dir) if runs else None
+    tables: dict[str, pd.DataFrame] = {}
+    stated = []
+    for name in available_suites():
+        suite = get_suite(name)
+        if not {"paper_tables", "paper_values"} & set(suite.extra):
+            continue
+        if given is not None:
+            rows = given[given["suite"] == name] if len(given) else given
+        else:
+            try:
+                rows = load_runs(latest_run(Path(results_dir or default_results_dir()), suite=name))
+            except ResultsError:
+                rows = pd.DataFrame()
+        source = ", ".join(sorted(set(rows["run_id"]))) if len(rows) else "no run"
+        if "paper_tables" in suite.extra:
+            tables.update(suite.extra["paper_tables"](rows))
+        if "paper_values" in suite.extra:
+            stated.append(suite.extra["paper_values"](rows).assign(run=source))
+    if stated:
+        tables["Numbers the papers state, next to what was measured"] = pd.concat(stated, ignore_index=True)
+    return tables
+
+
+def write_paper_tables(runs=None, results_dir: Path | None = None, out_dir: Path | None = None) -> tuple[str, Path]:
+    """(markdown of :func:`paper_tables`, the folder reports/tables/ it was written to, with
+    index.md, index.html and one CSV per table)."""
+    tables = paper_tables(runs, results_dir)
+    folder = Path(out_dir or "reports") / "tables"
+    folder.mkdir(parents=True, exist_ok=True)
+    sections = [("Paper tables", list(tables.items()))]
+    text = _render_md("paper tables", sections)
+    (folder / "index.md").write_text(text)
+    (folder / "index.html").write_text(_render_html("paper tables", sections))
+    for number, frame in enumerate(tables.values(), 1):
+        frame.to_csv(folder / f"table{number}.csv", index=False)
+    return text, folder
 
 
 def _environment_table(manifests: list[dict]) -> pd.DataFrame:

@@ -79,7 +79,8 @@ def device_label(rows: pd.DataFrame, manifest: dict | None = None) -> str:
         return f"GPU: {name}"
     cpu = _first(rows, "cpu_model") or env.get("cpu_model") or "unknown CPU"
     threads = _first(rows, "threads") or env.get("torch_threads")
-    return f"CPU: {cpu}" + (f", {int(threads)} threads" if threads else "") + " (not the paper's GPU)"
+    count = f", {int(threads)} thread{'s' if int(threads) > 1 else ''}" if threads else ""
+    return f"CPU: {cpu}{count} (not the paper's GPU)"
 
 
 def _first(rows: pd.DataFrame, column: str):
@@ -199,8 +200,9 @@ def crossover(a: pd.Series, b: pd.Series) -> Crossover:
     return Crossover("crossed", float(np.exp(at)), tuple(lengths), tuple(ratio))
 
 
-def _extrapolate(a: pd.Series, b: pd.Series, beyond: float) -> float | None:
-    """Where the power laws fitted to the upper halves of a and b meet, if beyond ``beyond``."""
+def _extrapolate(a: pd.Series, b: pd.Series, beyond: float, reach: float = 256) -> float | None:
+    """Where the power laws fitted to the upper halves of a and b meet, if beyond ``beyond``
+    and within ``reach`` times it (further out, the meeting point is the fit's noise)."""
     fits = []
     for s in (a, b):
         keep = s[s.index.isin(upper_half(s.index))]
@@ -211,7 +213,7 @@ def _extrapolate(a: pd.Series, b: pd.Series, beyond: float) -> float | None:
     if fb.slope <= fa.slope:
         return None
     length = math.exp((fa.intercept - fb.intercept) / (fb.slope - fa.slope))
-    return length if length > beyond else None
+    return length if beyond < length <= reach * beyond else None
 
 
 def speedup(slow_ms: Sequence[float], fast_ms: Sequence[float], confidence: float = CONFIDENCE,

@@ -176,6 +176,8 @@ def judge(rows: pd.DataFrame, manifest: dict) -> list[Verdict]:
 
 
 def _ratios(m: pd.DataFrame) -> list[float]:
+    if m.empty:
+        return []
     wide = m.pivot_table(index=["device", "divisor", "context"], columns="model", values="measured_bytes",
                          aggfunc="first")
     if not {"Mistral-7B", "Jamba-v0.1"} <= set(wide.columns):

@@ -32,7 +32,7 @@ def run(core: Core, u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_so
         B, C = B[:, None], C[:, None]
     y, last = core(u, delta, A, B, C)
     if D is not None:
-        y = y + D.to(acc)[:, None] * u
+        y = torch.addcmul(y, u, D.to(acc)[:, None])
     if z is not None:
         y = y * F.silu(z.to(acc))
     y = y.to(dtype)

@@ -96,11 +96,13 @@ def problem_of(kwargs: Mapping[str, Any]) -> StateUpdateProblem:
     a.tensor("dt_bias", ch, optional=True)
     for name in ("dt", "B", "C", "z"):
         if kwargs.get(name) is not None and kwargs[name].dtype != x.dtype:
-            raise a.fail(f"argument {name!r} has dtype {a.dtype_name(name)}, expected x's {a.dtype_name('x')}")
+            raise a.fail(f"argument {name!r} has dtype {a.dtype_name(name)}, "
+                         f"expected x's {a.dtype_name('x')}")
     if grouped:
         split = "h" if mamba2 else "d"
         a.require(a.sizes[split] % a.sizes["g"] == 0,
-                  f"{split}={a.sizes[split]} must be a multiple of the group count g={a.sizes['g']} of B and C")
+                  f"{split}={a.sizes[split]} must be a multiple of the group count "
+                  f"g={a.sizes['g']} of B and C")
     dtype = a.dtype_name("x")
     return StateUpdateProblem(
         dtype=dtype, device=a.device_name(),

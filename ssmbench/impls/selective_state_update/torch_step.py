@@ -16,6 +16,9 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
     dtype, shape = x.dtype, x.shape
     acc = weight_dtype(dtype)
     state_h, x, dt, A, B, C, D, z, dt_bias = as_heads(state, x, dt, A, B, C, D, z, dt_bias)
+    # Mamba-2 passes dt, dt_bias and A per head, broadcast (stride 0) over channels and state:
+    # the decay is then computed once per head, not once per state element.
+    dt, dt_bias, A = _distinct(dt, -1), _distinct(dt_bias, -1), _distinct(A, -2, -1)
     x, dt, B, C = (t.to(acc) for t in (x, dt, B, C))
     dt = step_sizes(dt, dt_bias, dt_softplus)
     h, g = state_h.shape[1], B.shape[1]
@@ -28,6 +31,15 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
     if new is not state_h:
         state_h.copy_(new)
     return skip_and_gate(out, x, D, z).reshape(shape).to(dtype)
+
+
+def _distinct(t: torch.Tensor | None, *dims: int) -> torch.Tensor | None:
+    """t narrowed to its first element along each of dims where it is broadcast (stride 0):
+    the same values, once."""
+    for dim in dims:
+        if t is not None and t.stride(dim) == 0:
+            t = t.narrow(dim, 0, 1)
+    return t
 
 
 BACKEND = Backend(

@@ -56,13 +56,15 @@ def scale_(t: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
 
 def skip_and_gate(y: torch.Tensor, x: torch.Tensor, D: torch.Tensor | None,
-                  z: torch.Tensor | None) -> torch.Tensor:
-    """(y + D x) * silu(z), updating y (an intermediate of the caller's) in place where autograd
-    allows; D broadcasts against x's last dims."""
+                  z: torch.Tensor | None, in_place: bool = False) -> torch.Tensor:
+    """(y + D x) * silu(z), D broadcasting against x's last dims. With in_place, y is updated
+    where autograd allows: only for a y that the caller made and nothing saved for backward."""
     if D is not None:
-        y = y.addcmul_(x.to(y.dtype), D.to(y.dtype))
+        x, D = x.to(y.dtype), D.to(y.dtype)
+        y = y.addcmul_(x, D) if in_place else torch.addcmul(y, x, D)
     if z is not None:
-        y = scale_(y, F.silu(z.to(y.dtype)))
+        gate = F.silu(z.to(y.dtype))
+        y = scale_(y, gate) if in_place else y * gate
     return y
 
 
@@ -129,7 +131,8 @@ def problem_of(kwargs: Mapping[str, Any]) -> SSDProblem:
     a.tensor("initial_states", "b h p n", optional=True)
     for name in ("dt", "B", "C", "z"):
         if kwargs.get(name) is not None and kwargs[name].dtype != x.dtype:
-            raise a.fail(f"argument {name!r} has dtype {a.dtype_name(name)}, expected x's {a.dtype_name('x')}")
+            raise a.fail(f"argument {name!r} has dtype {a.dtype_name(name)}, "
+                         f"expected x's {a.dtype_name('x')}")
     a.require(a.sizes["h"] % a.sizes["g"] == 0,
               f"h={a.sizes['h']} heads must be a multiple of the group count g={a.sizes['g']} of B and C")
     chunk = kwargs.get("chunk_size", 256)
@@ -158,7 +161,7 @@ def bytes_moved(p: SSDProblem) -> int:
     blhp = p.batch * p.seqlen * p.nheads * p.headdim
     total = (2 + p.has_z) * blhp * e  # x, out, z
     total += p.batch * p.seqlen * (p.nheads + 2 * p.ngroups * p.dstate) * e  # dt, B, C
-    total += p.nheads * (1 + p.has_dt_bias) * w + (p.headdim if p.D_per_channel else 1) * p.nheads * w * p.has_D
+    total += p.nheads * w * (1 + p.has_dt_bias + p.has_D * (p.headdim if p.D_per_channel else 1))
     state = p.batch * p.nheads * p.headdim * p.dstate * w
     return total + state * (p.has_initial_states + p.return_final_states)
 

@@ -78,8 +78,8 @@ def ssd(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=None, initial_st
     y = y.transpose(2, 3).reshape(b, c, q, h, p)
     if slow is not None:
         y[index[0], index[1], :, index[2]] += slow_y
-    y = skip_and_gate(y.reshape(b, c * q, h, p)[:, :l], x_unpadded, per_channel(D), z)
-    y = y.to(dtype).contiguous()
+    y = y.reshape(b, c * q, h, p)[:, :l]
+    y = skip_and_gate(y, x_unpadded, per_channel(D), z, in_place=True).to(dtype).contiguous()
     return (y, final) if return_final_states else y
 
 
@@ -131,8 +131,9 @@ class StatePassing(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_entering, grad_final):
         entering, log_decay, middle = ctx.saved_tensors
+        shape = entering.shape
         b, c, h = log_decay.shape
-        entering, grad_entering = (t.reshape(b, c, h, -1, t.shape[-1]) for t in (entering, grad_entering))
+        entering, grad_entering = (t.reshape(b, c, h, -1, shape[-1]) for t in (entering, grad_entering))
         decay, scale = (torch.exp(t)[..., None, None] for t in (log_decay, middle))
         # adjoint = d loss / d E_k, swept from the last chunk back; grad_states_k = adjoint_{k+1}.
         adjoint = grad_final.clone()
@@ -143,8 +144,7 @@ class StatePassing(torch.autograd.Function):
         # E_k = entering_k / scale_k feeds exp(log_decay_k) E_k into E_{k+1}.
         grad_log_decay = (grad_states * entering).sum((-1, -2)) * (decay / scale)[..., 0, 0]
         grad_middle = (grad_entering * entering).sum((-1, -2))
-        return (grad_states.view(ctx.saved_tensors[0].shape), grad_log_decay, grad_middle,
-                adjoint if ctx.has_initial else None)
+        return grad_states.view(shape), grad_log_decay, grad_middle, (adjoint if ctx.has_initial else None)
 
 
 BACKEND = Backend(

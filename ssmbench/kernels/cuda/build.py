@@ -21,8 +21,8 @@ import torch
 
 NAME = "ssmbench_cuda"
 SOURCE_DIR = Path(__file__).resolve().parent
-SOURCES = ("binding.cpp", "selective_scan.cu", "selective_state_update.cu")
-KERNEL_SOURCES = ("selective_scan.cu", "selective_state_update.cu")
+KERNEL_SOURCES = ("selective_scan.cu", "selective_state_update.cu")  # need only CUDA headers
+SOURCES = ("binding.cpp", *KERNEL_SOURCES)
 MAX_DSTATE = 256  # kMaxDState in ssm_launch.h
 # Flags of the kernels alone; torch adds its own (language standard, arch, half operators).
 NVCC_FLAGS = ("-O3", "-lineinfo")

@@ -24,7 +24,7 @@ FAMILIES = {
     "mamba2": ("Mamba-2-130M", 16, 2),
     "transformer": ("Transformer-125M", 16, 2),
     "llama_gqa": ("Mistral-7B", 64, 2),
-    "jamba": ("Jamba-v0.1", 64, 8),  # one block of 8: attention at layer 4, experts at odd layers
+    "jamba": ("Jamba-v0.1", 64, 5),  # the first 5 layers of a block: attention at 4, experts at 1 and 3
     "mixtral": ("Mixtral-8x7B", 64, 2),
 }
 FAMILY_OPS = {
@@ -117,7 +117,7 @@ def test_published_shapes_allocate_their_formula_bytes(name):
 
 
 def test_layer_pattern_of_the_hybrid():
-    model = build_model(tiny("jamba"))
+    model = build_model(case_config("Jamba-v0.1", 64, 8, VOCAB))
     kinds = [type(block.mixer).__name__ for block in model.layers]
     experts = [isinstance(block.mlp, MoE) for block in model.layers]
     assert kinds == ["MambaMixer"] * 4 + ["Attention"] + ["MambaMixer"] * 3
@@ -235,6 +235,55 @@ def test_generation_suite_cases_and_verdicts():
     assert ours.verdict == "does not hold" and ours.measured.startswith("2.50x")
     assert big.verdict == "not measured" and "no Mamba-6.9B (ours) cases" in big.reason
     assert "CPU" in hf.device
+
+
+def _rows(records, **fixed):
+    return pd.DataFrame([{"status": "ok", "n_params": 1, "prefill_ms": 1.0, "decode_ms_per_token": 1.0, "gen": 16,
+                          "dtype": "float32", "repeats": 2, "device": "cpu", "reason": "", "scale": 32, "layers": 8,
+                          "budget_gib": 1.0, "equal": True, **fixed, **r} for r in records])
+
+
+def test_jamba_throughput_suite_cases_and_verdicts(tmp_path):
+    from ssmbench.suites import get_suite
+    from ssmbench.suites.jamba_throughput import SETTINGS
+
+    suite = get_suite("jamba_throughput")
+    for preset, setting in SETTINGS.items():
+        cases = suite.cases(preset)
+        assert len({c.case_id for c in cases}) == len(cases)  # the two sweeps share one case, run once
+        assert len(cases) == 3 * len(set([(1, c) for c in setting.contexts]
+                                         + [(b, setting.batch_context) for b in setting.batches]))
+    series = {"Jamba-v0.1": "Jamba-v0.1 (ours)", "Mixtral-8x7B": "Mixtral-8x7B (ours)", "Llama-2-7B": "Llama-2-7B (ours)"}
+    speed = {"Jamba-v0.1": 3.0, "Mixtral-8x7B": 1.0, "Llama-2-7B": 0.5}
+    records = [{"series": series[m], "model": m, "model_name": m, "batch": b, "prompt": L,
+                "tokens_per_s": speed[m] * b * ((L / 512) ** 2 if m == "Jamba-v0.1" else 1)}
+               for m in series for b, L in [(1, 128), (1, 512), (2, 256), (4, 256), (1, 256)]]
+    rows = _rows(records)
+    rows.loc[(rows["model"] == "Mixtral-8x7B") & (rows["batch"] == 4), ["status", "tokens_per_s"]] = ("oom", None)
+    verdicts = suite.judge(rows, {})
+    assert [v.verdict for v in verdicts] == ["holds", "does not hold", "holds"]
+    assert verdicts[0].measured.startswith("3.00x") and "context 512" in verdicts[0].setting
+    assert "4 (oom)" in verdicts[1].measured
+    tables = suite.tables(rows)
+    assert "Longest context on one 80 GB GPU, published shapes (8-bit weights, 16-bit cache)" in tables
+    assert set(tables["Throughput (tokens/s) by batch, fixed context"]["batch"]) == {1, 2, 4}
+    assert all(p.exists() for p in suite.figures(rows, tmp_path))
+
+
+def test_generation_suite_tables_and_figure(tmp_path):
+    from ssmbench.suites import get_suite
+
+    suite = get_suite("generation")
+    rows = _rows([{"series": s, "model": m, "model_name": m, "batch": b, "prompt": 128, "tokens_per_s": t}
+                  for s, m, b, t in [("Mamba-1.4B (ours)", "Mamba-1.4B", 1, 5.0), ("Mamba-1.4B (ours)", "Mamba-1.4B", 2, 9.0),
+                                     ("Transformer-1.3B (ours)", "Transformer-1.3B", 1, 4.0)]], scale=8, layers=0)
+    tables = suite.tables(rows)
+    memory = tables["Memory: weights + cache, exact bytes"].set_index("series")
+    mamba = case_config("Mamba-1.4B", 8, max_len=144)
+    assert memory.loc["Mamba-1.4B (ours)", "max batch in budget"] == max_batch(mamba, 2**30, 144, "float32")
+    assert memory.loc["Mamba-1.4B (ours)", "allocated cache = formula"] == "2/2 equal"
+    assert tables["Generation throughput (tokens/s) by batch"].shape == (2, 3)
+    assert all(p.exists() for p in suite.figures(rows, tmp_path))
 
 
 CUDA = torch.cuda.is_available()

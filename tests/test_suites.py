@@ -16,7 +16,7 @@ from ssmbench.harness.store import Run
 from ssmbench.impls import backends, get_op
 from ssmbench.impls.base import load_callable
 from ssmbench.models.cache import KVCache, build_cache, kv_cache_bytes, mamba_state_bytes
-from ssmbench.models.configs import JAMBA_V01, MISTRAL_7B, MODELS
+from ssmbench.models.configs import JAMBA_V01, MODELS
 from ssmbench.suites import common, get_suite
 from ssmbench.suites.base import Case
 from ssmbench.suites.jamba_cache import measure_cache, table1
@@ -142,6 +142,13 @@ def test_loglog_fit_and_interval():
     assert noisy.low < noisy.slope < noisy.high and 0.8 < noisy.slope < 1.2
     assert math.isnan(common.loglog_fit([1, 2], [1, 4]).low)
     assert common.upper_half(L) == [2048, 4096, 8192]
+
+
+def test_sweeps_run_outside_in():
+    assert common.outside_in([4, 1, 3, 2, 5]) == [1, 5, 2, 4, 3]
+    lengths = [c.params["seqlen"] for c in get_suite("scaling").cases("cpu-small")
+               if c.op == "selective_scan" and c.backend == "torch_fast"]
+    assert lengths[:3] == [512, 8192, 768]
 
 
 def test_crossover_interpolation():

@@ -24,10 +24,14 @@ def execute(case: Case, seed: int = 0) -> list[dict[str, Any]]:
     return [_guarded(case, case.backend, body)]
 
 
+def base_row(case: Case, backend: str) -> dict[str, Any]:
+    """The fields every row of a case starts with."""
+    return {"case_id": case.case_id, "suite": case.suite, "op": case.op, "backend": backend, "fn": case.fn,
+            "series": case.series or backend, **dict(case.params), "status": "ok", "reason": ""}
+
+
 def _guarded(case: Case, backend: str, body) -> dict[str, Any]:
-    row: dict[str, Any] = {"case_id": case.case_id, "suite": case.suite, "op": case.op,
-                           "backend": backend, "fn": case.fn, "series": case.series or backend,
-                           **dict(case.params), "status": "ok", "reason": ""}
+    row = base_row(case, backend)
     started = time.perf_counter()
     inject.current = f"{case.op}/{backend}" if case.op else case.fn
     try:
@@ -52,7 +56,7 @@ def _run_custom(case: Case) -> dict[str, Any]:
     return load_callable(case.fn)(**dict(case.params))
 
 
-def _prepare(case: Case, backend_name: str, seed: int):
+def prepare(case: Case, backend_name: str, seed: int = 0):
     """(row fields, the timed callable or None when the backend is not to be timed, op, problem)."""
     op = get_op(case.op)
     problem = op.problem_type.from_params(case.params)
@@ -78,7 +82,7 @@ def _prepare(case: Case, backend_name: str, seed: int):
     return fields, call, op, problem
 
 
-def _timing_fields(op, problem, timing: Timing) -> dict[str, Any]:
+def timing_fields(op, problem, timing: Timing) -> dict[str, Any]:
     stats = timing.stats()
     seconds = stats["median_ms"] * 1e-3
     return {**stats, "samples_ms": timing.samples_ms, "bytes": op.bytes_moved(problem),
@@ -87,12 +91,12 @@ def _timing_fields(op, problem, timing: Timing) -> dict[str, Any]:
 
 
 def _run_op(case: Case, backend_name: str, seed: int) -> dict[str, Any]:
-    fields, call, op, problem = _prepare(case, backend_name, seed)
+    fields, call, op, problem = prepare(case, backend_name, seed)
     if call is None:
         return fields
     timing = measure(call, problem.device, min_repeats=case.min_repeats, max_repeats=case.max_repeats,
                      budget_s=case.budget_s)
-    return {**fields, **_timing_fields(op, problem, timing)}
+    return {**fields, **timing_fields(op, problem, timing)}
 
 
 def _interleaved(case: Case, seed: int) -> list[dict[str, Any]]:
@@ -102,7 +106,7 @@ def _interleaved(case: Case, seed: int) -> list[dict[str, Any]]:
     prepared: dict[str, tuple] = {}
     rows: dict[str, dict] = {}
     for name in case.backends:
-        rows[name] = _guarded(case, name, lambda n=name: prepared.setdefault(n, _prepare(case, n, seed))[0])
+        rows[name] = _guarded(case, name, lambda n=name: prepared.setdefault(n, prepare(case, n, seed))[0])
         rows[name].update(case_id=f"{case.case_id}/{name}", parent_case_id=case.case_id)
     timed = {n: p[1] for n, p in prepared.items() if p[1] is not None and rows[n]["status"] == "ok"}
     if not timed:
@@ -122,7 +126,7 @@ def _interleaved(case: Case, seed: int) -> list[dict[str, Any]]:
         return list(rows.values())
     for name, timing in timings.items():
         if name in rows:
-            rows[name].update(_timing_fields(op, problem, timing), interleaved=True)
+            rows[name].update(timing_fields(op, problem, timing), interleaved=True)
     if case.stability:
         again = timings[f"{first}#again"]
         rows[first]["self_spread"] = again.median_ms / timings[first].median_ms - 1

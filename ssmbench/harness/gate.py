@@ -196,11 +196,28 @@ def _samples(value) -> list[float]:
     return []
 
 
-def portable_figures(rows: pd.DataFrame) -> dict[tuple[str, str], float | bool]:
-    """Machine-independent figures of one run: {(kind, key): value}."""
+@dataclass(frozen=True)
+class Figure:
+    """A machine-independent number with its 95% interval (lo == hi == value when it has none)."""
+
+    value: float
+    lo: float
+    hi: float
+
+    def __str__(self) -> str:
+        return f"{self.value:.4g} [{self.lo:.4g}, {self.hi:.4g}]"
+
+
+def portable_figures(rows: pd.DataFrame) -> dict[tuple[str, str], Figure | bool]:
+    """Machine-independent figures of one run: {(kind, key): figure}.
+
+    ratio: each backend's median over the reference backend's ("torch" where present) on the
+    same problem, with a bootstrap interval from both raw samples; exponent: the log-log slope
+    of time in seqlen per backend, with its regression interval; table: exact-table rows' equal.
+    """
     from .report import PARAM_EXCLUDE
 
-    figures: dict[tuple[str, str], float | bool] = {}
+    figures: dict[tuple[str, str], Figure | bool] = {}
     ok = _ok(rows)
     if "equal" in rows:
         for case_id, label in _labels(rows[rows["equal"].notna()]).items():
@@ -208,54 +225,83 @@ def portable_figures(rows: pd.DataFrame) -> dict[tuple[str, str], float | bool]:
     if "median_ms" not in ok or not len(ok):
         return figures
     ops = ok[ok["op"].fillna("") != ""]
-    params = [c for c in ops.columns if c not in PARAM_EXCLUDE and c not in ("status", "reason", "backend")
-              and ops[c].notna().any()]
-    for key, group in ops.groupby([ops[c].astype(str) for c in params], sort=True):
+    params = ["op"] + [c for c in ops.columns if c not in PARAM_EXCLUDE and c not in ("status", "reason", "backend")
+                       and ops[c].notna().any()]
+    rng = np.random.default_rng(0)
+    for key, group in ops.groupby([ops[c].astype(str) for c in params], sort=True, dropna=False):
         problem = _key(params, key)
-        medians = group.set_index("backend")["median_ms"]
-        ref = "torch" if "torch" in medians else sorted(medians.index)[0]
-        for backend, median in medians.items():
+        by_backend = group.set_index("backend")
+        ref = "torch" if "torch" in by_backend.index else sorted(by_backend.index)[0]
+        for backend in by_backend.index:
             if backend != ref:
-                figures[("ratio", f"{problem} {backend}/{ref}")] = float(median / medians[ref])
-    if "seqlen" in params:
-        others = [c for c in params if c != "seqlen"] + ["backend"]
-        for key, group in ops.groupby([ops[c].astype(str) for c in others], sort=True):
-            lengths = group["seqlen"].astype(float)
-            if lengths.nunique() >= 3:
-                slope = np.polyfit(np.log(lengths), np.log(group["median_ms"].astype(float)), 1)[0]
-                figures[("exponent", _key(others, key))] = float(slope)
+                figures[("ratio", f"{problem} {backend}/{ref}")] = _ratio(
+                    by_backend.loc[backend], by_backend.loc[ref], rng)
+    for length in [c for c in ("seqlen", "seqlen_q") if c in params]:
+        others = [c for c in params if c not in ("seqlen", "seqlen_q")] + ["backend"]
+        subset = ops[ops[length].notna()]
+        for key, group in subset.groupby([subset[c].astype(str) for c in others], sort=True, dropna=False):
+            if group[length].nunique() >= 3:
+                figures[("exponent", _key(others, key))] = _slope(group[length], group["median_ms"])
     return figures
+
+
+def _ratio(row, ref, rng, resamples: int = 1000) -> Figure:
+    value = float(row["median_ms"] / ref["median_ms"])
+    a, b = _samples(row.get("samples_ms")), _samples(ref.get("samples_ms"))
+    if len(a) < 3 or len(b) < 3:
+        return Figure(value, value, value)
+    a, b = np.asarray(a), np.asarray(b)
+    boot = (np.median(rng.choice(a, (resamples, len(a))), axis=1)
+            / np.median(rng.choice(b, (resamples, len(b))), axis=1))
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    return Figure(value, float(lo), float(hi))
+
+
+def _slope(lengths, medians) -> Figure:
+    from scipy.stats import linregress, t
+
+    x, y = np.log(lengths.astype(float)), np.log(medians.astype(float))
+    fit = linregress(x, y)
+    half = t.ppf(0.975, len(x) - 2) * fit.stderr
+    return Figure(float(fit.slope), float(fit.slope - half), float(fit.slope + half))
 
 
 def _key(names, values) -> str:
     values = values if isinstance(values, tuple) else (values,)
-    return ",".join(f"{n}={v}" for n, v in zip(names, values) if v not in ("nan", "None", ""))
+    return ",".join(f"{n}={v}" for n, v in zip(names, values) if not _missing(v) and str(v) not in ("nan", "None"))
 
 
 def _figure_findings(base, cur, ratio_threshold: float, exponent_tolerance: float) -> list[Finding]:
+    """A ratio or exponent regresses when it worsens beyond the threshold AND the two runs'
+    95% intervals do not overlap: machines differ, and one noisy run must not fail a gate."""
     findings = []
     for kind, key in sorted(set(base) | set(cur)):
         b, c = base.get((kind, key)), cur.get((kind, key))
         if c is None:
-            findings.append(Finding(key, kind, b, None, "missing"))
+            findings.append(Finding(key, kind, str(b), None, "missing"))
             continue
         if b is None:
-            findings.append(Finding(key, kind, None, c, "new"))
+            findings.append(Finding(key, kind, None, str(c), "new"))
             continue
         if kind == "table":
             outcome = "regression" if b and not c else "improvement" if c and not b else "unchanged"
             findings.append(Finding(key, kind, b, c, outcome))
-        elif kind == "ratio":
-            change = c / b - 1
-            outcome = ("regression" if change > ratio_threshold else
-                       "improvement" if change < 1 / (1 + ratio_threshold) - 1 else "unchanged")
-            findings.append(Finding(key, kind, b, c, outcome, change,
-                                    detail=f"backend time ratio, threshold {ratio_threshold:.0%}"))
+            continue
+        if kind == "ratio":
+            change = c.value / b.value - 1
+            worse, better = change > ratio_threshold, change < 1 / (1 + ratio_threshold) - 1
+            detail = f"backend time ratio; threshold {ratio_threshold:.0%} and disjoint 95% intervals"
         else:
-            outcome = ("regression" if c > b + exponent_tolerance else
-                       "improvement" if c < b - exponent_tolerance else "unchanged")
-            findings.append(Finding(key, kind, b, c, outcome, c - b,
-                                    detail=f"log-log slope, tolerance {exponent_tolerance}"))
+            change = c.value - b.value
+            worse, better = change > exponent_tolerance, change < -exponent_tolerance
+            detail = f"log-log slope; tolerance {exponent_tolerance} and disjoint 95% intervals"
+        if worse and c.lo > b.hi:
+            outcome = "regression"
+        elif better and c.hi < b.lo:
+            outcome = "improvement"
+        else:
+            outcome = "unchanged"
+        findings.append(Finding(key, kind, str(b), str(c), outcome, change, detail=detail))
     return findings
 
 

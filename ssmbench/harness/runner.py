@@ -90,9 +90,9 @@ class Worker:
 
 
 def _row(case: Case, status: str, reason: str) -> dict:
-    backend = case.backend or "+".join(case.backends)
-    return {"case_id": case.case_id, "suite": case.suite, "op": case.op, "backend": backend,
-            "fn": case.fn, "series": case.series, **dict(case.params), "status": status, "reason": reason}
+    from .execute import base_row
+
+    return {**base_row(case, case.backend or "+".join(case.backends)), "status": status, "reason": reason}
 
 
 @dataclass

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import statistics
 import time
 from dataclasses import dataclass
 
@@ -127,8 +128,15 @@ class Generator:
         graph = self.graphs.get(key)
         if graph is None:
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self._pool):
-                self._eager_step(pos)
+            try:
+                with torch.cuda.graph(graph, pool=self._pool):
+                    self._eager_step(pos)
+            except RuntimeError as exc:
+                # Running out of memory inside a capture surfaces as the capture's own failure;
+                # the out-of-memory error is the one to record.
+                if isinstance(exc.__context__, torch.cuda.OutOfMemoryError):
+                    raise exc.__context__ from None
+                raise
             self.graphs[key] = graph
         graph.replay()
 
@@ -254,7 +262,8 @@ def generation_case(model: str, impl: str = "ssmbench", batch: int = 1, prompt: 
     impl "ssmbench": our model (static cache; CUDA graphs for decode on a GPU when
     ``cuda_graphs``); "hf": the Hugging Face model of the same shape with ``generate()``.
     One untimed call first (graph capture, autotuning), then ``repeats`` timed calls;
-    tokens_per_s = batch * gen / mean total time (prefill + decode). ``budget_gib`` > 0: a case
+    tokens_per_s = batch * gen / mean total time (prefill + decode), the paper's average of
+    repeats; the row also keeps each call's total (samples_ms) and their median (median_ms). ``budget_gib`` > 0: a case
     whose weights + cache exceed it is not run and is recorded as "oom" with that reason.
     ``threads`` > 0 sets the worker's torch thread count (the row records it): on a CPU shared
     with other work, one thread per case keeps per-step times from waiting on busy cores.
@@ -307,13 +316,15 @@ def generation_case(model: str, impl: str = "ssmbench", batch: int = 1, prompt: 
     prefill = sum(s[0] for s in samples) / repeats
     decode = sum(s[1] for s in samples) / repeats
     total = prefill + decode
+    totals_ms = [(p + d) * 1e3 for p, d in samples]
     row.update(
         ops=_ops_text(lm, choices.chosen) if impl == "ssmbench" else "transformers generate()",
         prefill_ms=prefill * 1e3, decode_ms_per_token=decode * 1e3 / max(gen - 1, 1), total_ms=total * 1e3,
-        tokens_per_s=batch * gen / total, samples_ms=[(p + d) * 1e3 for p, d in samples],
+        tokens_per_s=batch * gen / total, samples_ms=totals_ms, median_ms=statistics.median(totals_ms),
         first_call_ms=first_call_s * 1e3, repeats=repeats)
     if impl == "ssmbench":
-        row["n_graphs"] = len(generator.graphs)
+        # The allocated cache against the closed form: exact, so the portable gate checks it too.
+        row.update(n_graphs=len(generator.graphs), equal=generator.cache.nbytes == fp.cache)
     if dev.type == "cuda":
         row["peak_mem_bytes"] = torch.cuda.max_memory_allocated(dev)
     return row

@@ -51,6 +51,19 @@ def op_cases(suite: str, op: str, names: Sequence[str], problems: Iterable[dict]
     return cases
 
 
+def outside_in(values: Iterable) -> list:
+    """Sorted values ordered smallest, largest, second smallest, second largest, ...: a sweep
+    run in this order spreads a machine's slow drift (other work starting or stopping) over
+    short and long sizes alike, instead of tilting the fitted exponent."""
+    ordered = sorted(values)
+    out = []
+    while ordered:
+        out.append(ordered.pop(0))
+        if ordered:
+            out.append(ordered.pop())
+    return out
+
+
 # Rows.
 def with_length(rows: pd.DataFrame) -> pd.DataFrame:
     """Rows with ``L``, the sequence length whatever the op calls it."""

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from ..harness.report import timing_table
@@ -84,8 +83,8 @@ def problem(s: Setting, op: str, L: int, dstate: int) -> dict:
 def cases(s: Setting) -> list[Case]:
     timing = dict(budget_s=s.budget_s, min_repeats=s.min_repeats, max_repeats=s.max_repeats, timeout_s=s.timeout_s)
     out = []
-    sweeps = [(L_PANEL, op, L, 64) for op in s.backends for L in s.lengths]
-    sweeps += [(N_PANEL, op, s.n_length, n) for op in ("selective_scan", "ssd") for n in s.dstates]
+    sweeps = [(L_PANEL, op, L, 64) for op in s.backends for L in common.outside_in(s.lengths)]
+    sweeps += [(N_PANEL, op, s.n_length, n) for op in ("selective_scan", "ssd") for n in common.outside_in(s.dstates)]
     for panel, op, L, n in sweeps:
         names = [b for b in s.backends[op] if L <= s.max_len.get((op, b), L)]
         key = "seqlen_q" if op == "attention" else "seqlen"
@@ -167,8 +166,8 @@ def _speedup_verdict(a: Analysis, base: dict) -> Verdict:
     return Verdict(**claim, measured=f"fastest scan / fastest SSD ({pairs}): {text}",
                    verdict="holds" if holds else "does not hold",
                    reason=f"holds when the speedup's 95% bootstrap interval lies at or above {SPEEDUP_MIN:g}x at "
-                          "every measured L" + (f"; above the paper's 8x at L={', '.join(map(str, above['L']))} "
-                                                "(the scan here is not the paper's fused kernel)" if len(above) else ""))
+                          "every measured L" + (f"; above the paper's 8x at L={', '.join(map(str, above['L']))} (the "
+                                                "scan here is not the paper's fused kernel)" if len(above) else ""))
 
 
 def _crossover_verdict(a: Analysis, base: dict) -> Verdict:

@@ -48,7 +48,7 @@ def as_heads(state, x, dt, A, B, C, D=None, z=None, dt_bias=None):
     def split(t, dim=0):  # channels d -> (g, d / g)
         return None if t is None else t.unflatten(dim, (groups, -1))
 
-    B, C = (t.view(t.shape[0], groups, -1) for t in (B, C))
+    B, C = (t.unsqueeze(1) if t.dim() == 2 else t for t in (B, C))
     return (split(state, 1), split(x, 1), split(dt, 1), split(A), B, C, split(D), split(z, 1),
             split(dt_bias))
 

@@ -1,5 +1,5 @@
 """Entry points: ``nox -s bench`` (the CPU preset of every suite, then a report), ``tests``,
-``report``, ``gate``, ``gpu-bench``."""
+``report``, ``gate`` (the CPU regression gate), ``gpu-bench``."""
 from __future__ import annotations
 
 import os
@@ -44,6 +44,16 @@ def report(session: nox.Session) -> None:
     """The report of the latest run (or of the runs given after --)."""
     _install(session)
     session.run("ssmbench", "report", *(session.posargs or ["latest"]))
+
+
+@nox.session
+def gate(session: nox.Session) -> None:
+    """The CPU gate: every suite at cpu-small, each run judged against its suite's stored
+    baseline on machine-independent figures (ratios inside the run, scaling exponents, exact
+    tables, correctness, claim verdicts). Fails on any regression."""
+    _install(session)
+    session.run("ssmbench", "run", "--suite", ",".join(SUITES), "--preset", "cpu-small", "--quiet")
+    session.run("ssmbench", "gate", "--portable", "--run", *(f"latest:{suite}" for suite in SUITES))
 
 
 @nox.session(name="gpu-bench", venv_params=["--system-site-packages"])

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -153,6 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--results-dir", type=Path, default=None,
                         help="where runs are stored (default: $SSMBENCH_RESULTS or ./results)")
     parser.add_argument("--reports-dir", type=Path, default=Path("reports"), help="where reports are written")
+    parser.add_argument("--thp", choices=["on", "off"],
+                        help="torch's CPU allocator on transparent huge pages (THP_MEM_ALLOC_ENABLE) in the "
+                             "workers; recorded in the environment fingerprint. Default: as the environment says")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("list", help="every op x backend, with its status and reasons")
@@ -225,6 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.thp:
+        # Read by the allocator when a worker process starts, and by the environment record.
+        os.environ["THP_MEM_ALLOC_ENABLE"] = "1" if args.thp == "on" else "0"
     from ..impls.base import BackendError
 
     try:

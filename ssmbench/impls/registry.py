@@ -64,9 +64,22 @@ def get_backend(op: str, name: str) -> Backend:
     return table[name]
 
 
-def reasons(backend: Backend, problem: Problem | None = None) -> tuple[str, list[str]]:
-    """("unavailable" | "unsupported" | "ok", reasons in words)."""
-    why = backend.unavailable_reasons()
+# Whether a backend can run on this machine does not change within a process (packages, GPU,
+# extension builds); "auto" asks on every call, so the answer is kept.
+_unavailable: dict[tuple[str, str], list[str]] = {}
+
+
+def _cached_unavailable(backend: Backend) -> list[str]:
+    key = (backend.op, backend.name)
+    if key not in _unavailable:
+        _unavailable[key] = backend.unavailable_reasons()
+    return _unavailable[key]
+
+
+def reasons(backend: Backend, problem: Problem | None = None, cached: bool = False) -> tuple[str, list[str]]:
+    """("unavailable" | "unsupported" | "ok", reasons in words). ``cached``: reuse this process's
+    earlier answer on availability (the hot path of backend="auto")."""
+    why = _cached_unavailable(backend) if cached else backend.unavailable_reasons()
     if why:
         return "unavailable", why
     if problem is not None:
@@ -88,7 +101,7 @@ def choose(op: str, backend: str, problem: Problem) -> Backend:
     for candidate in backends(op).values():
         if candidate.kind == "reference":
             continue
-        status, why = reasons(candidate, problem)
+        status, why = reasons(candidate, problem, cached=True)
         if status == "ok":
             auto_choices.append((op, candidate.name, problem))
             del auto_choices[:-100]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib.util
 import logging
 import statistics
 import time
@@ -277,6 +278,9 @@ def generation_case(model: str, impl: str = "ssmbench", batch: int = 1, prompt: 
     if budget_gib and fp.total > budget_gib * GIB:
         return {**row, "status": "oom",
                 "reason": f"weights + cache ({fp.total / GIB:.3g} GiB) exceed the stated budget of {budget_gib:g} GiB"}
+    if impl == "hf" and importlib.util.find_spec("transformers") is None:
+        return {**row, "status": "unavailable",
+                "reason": "transformers is not installed (pip install 'ssmbench[peers]')"}
     if threads:
         torch.set_num_threads(threads)
     dev = torch.device(device)

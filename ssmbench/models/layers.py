@@ -9,7 +9,8 @@ Every mixer has two paths over the same weights:
   causal_conv1d_update, attention with one query over the cache).
 
 ``ops`` (:class:`OpBackends`) names the backend of each op, so one choice reaches every layer.
-Half-precision models keep the SSM parameters (A, D, dt bias) in float32, as Mamba does.
+The SSM parameters (A, D, dt bias) are stored in the model's dtype, as mamba-ssm's generation
+benchmark loads them, and enter the ops in float32.
 """
 from __future__ import annotations
 
@@ -116,12 +117,12 @@ class MoE(nn.Module):
     """Mixture of SwiGLU experts, top-k routing by a linear router (Mixtral, Jamba).
 
     The routing weights are the softmax over all experts of the chosen ones, renormalised over
-    the top k (Mixtral; Jamba's release skips that, which changes no cost). Eagerly, tokens go to their experts
-    by index (each expert reads only its tokens). While a CUDA graph is being captured shapes must
-    not depend on data, so then: with fewer (token, slot) pairs than experts, each pair gathers its
-    expert's weights (a decode step at small batch reads only the chosen experts, as a sparse
-    kernel would); otherwise every expert runs on every token, weighted by the routing (zero for
-    experts not chosen). All paths compute the same function.
+    the top k (Mixtral; Jamba's release skips that, which changes no cost). Eagerly, tokens go to
+    their experts by index (each expert reads only its tokens). While a CUDA graph is being
+    captured, shapes must not depend on data, so then: with fewer (token, slot) pairs than
+    experts, each pair gathers its expert's weights (a decode step at small batch reads only the
+    chosen experts, as a sparse kernel would); otherwise every expert runs on every token,
+    weighted by the routing (zero for experts not chosen). All paths compute the same function.
     """
 
     def __init__(self, dim: int, d_ff: int, n_experts: int, top_k: int):

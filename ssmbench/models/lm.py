@@ -10,8 +10,8 @@ Three entry points share the weights:
   :mod:`.cache`); returns the last position's logits;
 - ``step(tokens, cache, pos)``: one decode step on the step ops; returns its logits.
 
-``ops`` (an :class:`OpBackends`) is read by every layer at call time: ``model.ops = ...`` swaps
-the backends of the whole model.
+``ops`` (an :class:`OpBackends`) is read by every layer at call time: ``model.ops = "op=backend"``
+swaps the backends of the whole model.
 """
 from __future__ import annotations
 
@@ -67,7 +67,7 @@ class Block(nn.Module):
 class LanguageModel(nn.Module):
     def __init__(self, config: ModelConfig, ops: OpBackends | None = None):
         super().__init__()
-        self.config, self.ops = config, OpBackends.of(ops)
+        self.config, self.ops = config, ops
         self.embed = nn.Embedding(config.vocab_size, config.d_model)
         self.positions = nn.Embedding(config.learned_positions, config.d_model) if config.learned_positions else None
         self.layers = nn.ModuleList(Block(config, i) for i in range(config.n_layers))
@@ -75,6 +75,15 @@ class LanguageModel(nn.Module):
         self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.head.weight = self.embed.weight
+
+    @property
+    def ops(self) -> OpBackends:
+        return self._ops
+
+    @ops.setter
+    def ops(self, spec) -> None:
+        """An OpBackends, a mapping op -> backend or "op=backend,..." text (see OpBackends.of)."""
+        self._ops = OpBackends.of(spec)
 
     @property
     def dtype(self) -> torch.dtype:

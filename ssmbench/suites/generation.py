@@ -250,7 +250,8 @@ def memory_table(rows: pd.DataFrame, max_len_column: str = "prompt") -> pd.DataF
                         "weights": common.gib(one.weights), "cache per sequence": f"{one.cache:,} B",
                         "allocated cache = formula": match,
                         "budget": common.gib(budget) if budget else "-",
-                        "max batch in budget": max_batch(config, int(budget), max_len, first["dtype"]) if budget else "-"})
+                        "max batch in budget":
+                            max_batch(config, int(budget), max_len, first["dtype"]) if budget else "-"})
     return pd.DataFrame(records)
 
 

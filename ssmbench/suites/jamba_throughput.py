@@ -142,9 +142,9 @@ def judge(rows: pd.DataFrame, manifest: dict) -> list[Verdict]:
         a = best[best["series"] == JAMBA.series].iloc[0]
         b = best[best["series"] == MIXTRAL.series].iloc[0]
         value = a["tokens/s"] / b["tokens/s"]
-        context = int(sweep["prompt"].iloc[0])
+        context, batches = int(sweep["prompt"].iloc[0]), sorted(int(b) for b in sweep["batch"].unique())
         verdicts.append(Verdict(
-            **base, setting=f"{size}; context {context:,}, batch {int(sweep['batch'].min())}..{int(sweep['batch'].max())}",
+            **base, setting=f"{size}; context {context:,}, batch {batches[0]}..{batches[-1]}",
             measured=f"{value:.2f}x (Jamba {a['tokens/s']:,.1f} tokens/s at batch {int(a['best batch'])}, Mixtral "
                      f"{b['tokens/s']:,.1f} at batch {int(b['best batch'])}; Mixtral's batches not run: "
                      f"{b['batches not run']})",

@@ -12,7 +12,7 @@ from typing import Any, Mapping
 import torch
 
 from ..base import DTYPES, Op, Problem
-from ..checks import Args, element_size, random_tensor
+from ..checks import Args, element_size, random_tensor, weight_dtype
 
 
 @dataclass(frozen=True)
@@ -38,21 +38,17 @@ def make_inputs(p: SelectiveScanProblem, gen: torch.Generator) -> dict[str, Any]
         "delta": (torch.rand(p.batch, p.dim, p.seqlen, generator=gen, dtype=torch.float64) * 0.5)
         .to(dev, dt),
         # Weights stay float32 for half inputs, as in Mamba's mixed precision (A is kept real).
-        "A": -(0.25 + torch.rand(p.dim, p.dstate, generator=gen, dtype=torch.float64)).to(dev, _weight(dt)),
+        "A": -(0.25 + torch.rand(p.dim, p.dstate, generator=gen, dtype=torch.float64)).to(dev, weight_dtype(dt)),
         "B": random_tensor(bc_shape, gen, dt, dev),
         "C": random_tensor(bc_shape, gen, dt, dev),
-        "D": random_tensor((p.dim,), gen, _weight(dt), dev) if p.has_D else None,
+        "D": random_tensor((p.dim,), gen, weight_dtype(dt), dev) if p.has_D else None,
         "z": random_tensor((p.batch, p.dim, p.seqlen), gen, dt, dev) if p.has_z else None,
-        "delta_bias": (torch.rand(p.dim, generator=gen, dtype=torch.float64) * 0.5 - 1.0).to(dev, _weight(dt))
+        "delta_bias": (torch.rand(p.dim, generator=gen, dtype=torch.float64) * 0.5 - 1.0).to(dev, weight_dtype(dt))
         if p.has_delta_bias else None,
         "delta_softplus": p.delta_softplus,
         "return_last_state": p.return_last_state,
     }
     return x
-
-
-def _weight(dt: torch.dtype) -> torch.dtype:
-    return torch.float64 if dt == torch.float64 else torch.float32
 
 
 def problem_of(kwargs: Mapping[str, Any]) -> SelectiveScanProblem:

@@ -1,7 +1,6 @@
 """The gate on real runs: an injected slowdown fails exactly its case; noise-sized changes and
 unchanged runs pass; correctness and claim flips fail; fingerprints are respected."""
 import json
-import math
 import subprocess
 import sys
 import time

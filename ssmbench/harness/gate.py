@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from .store import ResultsError, read_manifest, resolve_runs
+from .stats import loglog_fit, speedup
 from .timing import significant_slowdown
 
 BROKEN = ("incorrect", "failed", "oom", "timeout")
@@ -227,15 +228,14 @@ def portable_figures(rows: pd.DataFrame) -> dict[tuple[str, str], Figure | bool]
     ops = ok[ok["op"].fillna("") != ""]
     params = ["op"] + [c for c in ops.columns if c not in PARAM_EXCLUDE and c not in ("status", "reason", "backend")
                        and ops[c].notna().any()]
-    rng = np.random.default_rng(0)
     for key, group in ops.groupby([ops[c].astype(str) for c in params], sort=True, dropna=False):
         problem = _key(params, key)
         by_backend = group.set_index("backend")
         ref = "torch" if "torch" in by_backend.index else sorted(by_backend.index)[0]
         for backend in by_backend.index:
             if backend != ref:
-                figures[("ratio", f"{problem} {backend}/{ref}")] = _ratio(
-                    by_backend.loc[backend], by_backend.loc[ref], rng)
+                figures[("ratio", f"{problem} {backend}/{ref}")] = _ratio(by_backend.loc[backend],
+                                                                          by_backend.loc[ref])
     for length in [c for c in ("seqlen", "seqlen_q") if c in params]:
         others = [c for c in params if c not in ("seqlen", "seqlen_q")] + ["backend"]
         subset = ops[ops[length].notna()]
@@ -245,25 +245,18 @@ def portable_figures(rows: pd.DataFrame) -> dict[tuple[str, str], Figure | bool]
     return figures
 
 
-def _ratio(row, ref, rng, resamples: int = 1000) -> Figure:
+def _ratio(row, ref) -> Figure:
     value = float(row["median_ms"] / ref["median_ms"])
     a, b = _samples(row.get("samples_ms")), _samples(ref.get("samples_ms"))
     if len(a) < 3 or len(b) < 3:
         return Figure(value, value, value)
-    a, b = np.asarray(a), np.asarray(b)
-    boot = (np.median(rng.choice(a, (resamples, len(a))), axis=1)
-            / np.median(rng.choice(b, (resamples, len(b))), axis=1))
-    lo, hi = np.percentile(boot, [2.5, 97.5])
-    return Figure(value, float(lo), float(hi))
+    _, lo, hi = speedup(a, b)
+    return Figure(value, lo, hi)
 
 
 def _slope(lengths, medians) -> Figure:
-    from scipy.stats import linregress, t
-
-    x, y = np.log(lengths.astype(float)), np.log(medians.astype(float))
-    fit = linregress(x, y)
-    half = t.ppf(0.975, len(x) - 2) * fit.stderr
-    return Figure(float(fit.slope), float(fit.slope - half), float(fit.slope + half))
+    fit = loglog_fit(lengths, medians)
+    return Figure(fit.slope, fit.low, fit.high)
 
 
 def _key(names, values) -> str:

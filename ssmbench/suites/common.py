@@ -16,9 +16,9 @@ import numpy as np
 import pandas as pd
 
 from ..impls.registry import backends, get_op
+from ..harness.stats import CONFIDENCE, Fit, loglog_fit, speedup  # noqa: F401 - the suites' vocabulary
 from .base import Case
 
-CONFIDENCE = 0.95
 # Why the CPU presets time on one thread: on a CPU shared with other work, an op's two threads wait
 # for each other whenever one is descheduled. Measured on a loaded 2-core machine: the chunked SSD
 # at L=1024/2048/4096 took 180/73/220 ms on two threads and 6/13/46 ms on one.
@@ -104,43 +104,6 @@ def _first(rows: pd.DataFrame, column: str):
 
 
 # Scaling exponents.
-@dataclass(frozen=True)
-class Fit:
-    """log y = intercept + slope log x over ``n`` points with x in [x_from, x_to]."""
-
-    slope: float
-    low: float  # the slope's confidence interval; NaN with fewer than 3 points
-    high: float
-    intercept: float
-    n: int
-    x_from: float
-    x_to: float
-
-    def predict(self, x):
-        return np.exp(self.intercept) * np.asarray(x, dtype=float) ** self.slope
-
-    def describe(self) -> str:
-        if math.isnan(self.low):
-            return f"{self.slope:.2f} (no interval: {self.n} points)"
-        return f"{self.slope:.2f} [{self.low:.2f}, {self.high:.2f}]"
-
-
-def loglog_fit(x: Sequence[float], y: Sequence[float], confidence: float = CONFIDENCE) -> Fit:
-    from scipy.stats import linregress, t
-
-    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    if len(x) < 2 or len(np.unique(x)) < 2:
-        raise ValueError(f"a log-log fit needs at least 2 distinct x values, got {list(x)}")
-    fit = linregress(np.log(x), np.log(y))
-    n = len(x)
-    if n > 2:
-        half = t.ppf(0.5 + confidence / 2, n - 2) * fit.stderr
-        low, high = fit.slope - half, fit.slope + half
-    else:
-        low = high = math.nan
-    return Fit(float(fit.slope), float(low), float(high), float(fit.intercept), n, float(x.min()), float(x.max()))
-
-
 def upper_half(x: Iterable[float], at_least: int = 3) -> list[float]:
     """The larger half of the distinct x values (at least ``at_least`` of them, or all): where
     the asymptotic growth shows rather than fixed per-call costs."""
@@ -227,20 +190,6 @@ def _extrapolate(a: pd.Series, b: pd.Series, beyond: float, reach: float = 256) 
         return None
     length = math.exp((fa.intercept - fb.intercept) / (fb.slope - fa.slope))
     return length if beyond < length <= reach * beyond else None
-
-
-def speedup(slow_ms: Sequence[float], fast_ms: Sequence[float], confidence: float = CONFIDENCE,
-            resamples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
-    """median(slow) / median(fast), with a percentile bootstrap interval (each sample set
-    resampled on its own; fixed seed, so a report is reproducible from its rows)."""
-    slow, fast = np.asarray(slow_ms, dtype=float), np.asarray(fast_ms, dtype=float)
-    ratio = float(np.median(slow) / np.median(fast))
-    rng = np.random.default_rng(seed)
-    boot = (np.median(rng.choice(slow, (resamples, len(slow))), axis=1)
-            / np.median(rng.choice(fast, (resamples, len(fast))), axis=1))
-    tail = (1 - confidence) / 2 * 100
-    low, high = np.percentile(boot, [tail, 100 - tail])
-    return ratio, float(low), float(high)
 
 
 # Figures.

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from functools import partial
 
-import torch
 
 from ..base import Backend, import_failure
 from . import per_channel, skip_and_gate, step_sizes

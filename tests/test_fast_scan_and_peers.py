@@ -112,7 +112,7 @@ def test_peers_rank_below_ours_and_say_why_they_are_missing(op):
         if status == "unavailable":
             assert any(peer.requires[0] in reason for reason in why), why
     problem = get_op(op).default_problem.replace(seqlen=64)
-    assert choose(op, "auto", problem).kind != "third-party"
+    assert choose(op, "auto", problem).name not in PEERS[op]
 
 
 @pytest.mark.parametrize("op", sorted(PEERS))

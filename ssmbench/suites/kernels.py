@@ -8,10 +8,15 @@ from __future__ import annotations
 
 from ..impls.registry import backends, get_op
 from .base import Case, Suite
+from .common import CPU_THREADS
 
 GPU_LENGTHS = [2**12, 2**13, 2**14, 2**15, 2**16]
 # Python loops over L: beyond this length they take seconds per call and say nothing new.
 LOOP_MAX_LEN = 2**13
+
+
+# Attention's float64 reference holds (L x L) scores per head: long ones are checked at this length.
+ATTENTION_CHECK_LEN = 4096
 
 
 def _cases(problems: dict[str, list[dict]], budget_s: float, timeout_s: float) -> list[Case]:
@@ -25,8 +30,11 @@ def _cases(problems: dict[str, list[dict]], budget_s: float, timeout_s: float) -
                     continue
                 if _is_loop(backend) and problem.params().get("seqlen", 0) > LOOP_MAX_LEN:
                     continue
+                check = ({"seqlen_q": ATTENTION_CHECK_LEN}
+                         if op_name == "attention" and params.get("seqlen_q", 0) > ATTENTION_CHECK_LEN else {})
                 cases.append(Case(suite="kernels", op=op_name, backend=backend.name, params=problem.params(),
-                                  series=backend.name, budget_s=budget_s, timeout_s=timeout_s))
+                                  series=backend.name, budget_s=budget_s, timeout_s=timeout_s,
+                                  check_params=check))
     return cases
 
 
@@ -68,4 +76,5 @@ SUITE = Suite(
     name="kernels",
     description="every backend of every op, side by side",
     presets={"cpu-small": cpu_small, "gpu": gpu},
+    threads={"cpu-small": CPU_THREADS},
 )

@@ -1,9 +1,10 @@
 """The fastest pure-torch selective scan we have: the recurrence in cache-sized blocks of steps.
 
-For each block of T steps, the discretisation exp(delta A) and delta u B is one vectorised op
-over all T steps, the recurrence is one fused in-place ``addcmul_`` per step (a single pass
-over the state, no temporaries), and the C contraction is one batched matmul for the block.
-The block is laid out (t, b, g, n, d/g): the contraction is then a row vector (C) times an
+delta, delta u (and, in the backward, the output gradient) are transposed once to time-major
+(l, b, d). For each block of T steps, the discretisation exp(delta A) and delta u B is one
+vectorised op over all T steps, the recurrence is one fused in-place ``addcmul_`` per step (a
+single pass over the state, no temporaries), and the C contraction is one batched matmul for the
+block. The state is laid out (b, g, n, d/g): the contraction is then a row vector (C) times an
 (n, d/g) matrix with d contiguous, a shape GEMM handles well, where the (d, n) layout would be
 t*b tiny matrix-vector products (several times slower).
 
@@ -11,7 +12,7 @@ Why not a factorised chunk form (exp(A cumsum delta) outside a matmul, as SSD do
 decay per (d, n) its factors exp(-A cumsum delta) overflow float32 within a few steps for
 strong decay (A ~ -20, delta ~ 3 gives 60 per step, exp overflows past 88), and the stable
 form (a T x T decay matrix per state) costs T times the work. The recurrence as written is
-exact for every input, and the exp it needs once per state element and step is the bound.
+exact for every input; the exp it needs once per state element and step is the bound.
 
 Autograd: a custom backward saves the state at each block boundary, recomputes the block's
 states from it, and runs the reverse recurrence (grad of h_t = C_t gy_t + a_{t+1} grad h_{t+1})
@@ -172,14 +173,10 @@ class BlockedScan(torch.autograd.Function):
                 g_B.permute(1, 2, 3, 0), g_C.permute(1, 2, 3, 0))
 
 
-def _core(u, delta, A, B, C):
-    return BlockedScan.apply(u, delta, A, B, C)
-
-
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                    return_last_state=False):
     """Shapes as ``ssmbench.selective_scan``; differentiable in every tensor argument."""
-    return common.run(_core, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+    return common.run(BlockedScan.apply, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
 
 
 BACKEND = Backend(

@@ -203,6 +203,16 @@ def test_cli_errors_name_what_is_wrong(capsys, tmp_path):
     assert "neither a run folder nor a run id" in capsys.readouterr().err
 
 
+def test_allocator_setting_is_chosen_and_recorded(capsys, tmp_path, monkeypatch):
+    monkeypatch.delenv("THP_MEM_ALLOC_ENABLE", raising=False)
+    code = cli.main(["--results-dir", str(tmp_path), "--thp", "on", "compare", "--op", "causal_conv1d",
+                     "--backends", "torch", "--shape", "dim=8,seqlen=16", "--budget", "0.05", "--quiet"])
+    monkeypatch.delenv("THP_MEM_ALLOC_ENABLE")
+    assert code == 0
+    manifest = json.loads(next(tmp_path.glob("*/manifest.json")).read_text())
+    assert manifest["environment"]["settings"]["THP_MEM_ALLOC_ENABLE"] == "1"
+
+
 def test_cli_compare_prints_table_and_stores_run(capsys, tmp_path):
     code = cli.main(["--results-dir", str(tmp_path), "compare", "--op", "selective_scan", "--backends", "torch",
                      "--shape", "dim=16,seqlen=32", "--budget", "0.1", "--quiet"])

@@ -86,8 +86,8 @@ def timing_fields(op, problem, timing: Timing) -> dict[str, Any]:
     stats = timing.stats()
     seconds = stats["median_ms"] * 1e-3
     return {**stats, "samples_ms": timing.samples_ms, "bytes": op.bytes_moved(problem),
-            "flops": op.flops(problem), "gbps": op.bytes_moved(problem) / seconds / 1e9,
-            "tflops": op.flops(problem) / seconds / 1e12}
+            "flops": op.flops(problem), "exps": op.exps(problem) if op.exps else None,
+            "gbps": op.bytes_moved(problem) / seconds / 1e9, "tflops": op.flops(problem) / seconds / 1e12}
 
 
 def _run_op(case: Case, backend_name: str, seed: int) -> dict[str, Any]:

@@ -11,7 +11,8 @@ import pandas as pd
 from .store import load_runs, read_manifest, resolve_runs
 
 TIMING_COLUMNS = ["backend", "status", "median_ms", "ci_low_ms", "ci_high_ms", "iqr_ms", "gbps", "pct_bw",
-                  "tflops", "pct_flops", "rel_error", "checked_at", "first_call_ms", "self_spread", "reason"]
+                  "tflops", "pct_flops", "floor_ms", "x_floor", "rel_error", "checked_at", "first_call_ms", "self_spread",
+                  "reason"]
 
 
 def timing_table(rows: pd.DataFrame, by: list[str] | None = None) -> pd.DataFrame:
@@ -27,7 +28,7 @@ def timing_table(rows: pd.DataFrame, by: list[str] | None = None) -> pd.DataFram
 PARAM_EXCLUDE = set(TIMING_COLUMNS) | {
     "schema_version", "run_id", "case_id", "suite", "op", "fn", "series", "samples_ms", "elapsed_s",
     "threads", "tolerance", "mean_ms", "min_ms", "n_samples", "warmup_calls", "hot_cache", "bytes",
-    "flops", "peak_mem_bytes", "fingerprint", "preset", "cpu_model", "gpu_name", "parent_case_id",
+    "flops", "exps", "peak_mem_bytes", "fingerprint", "preset", "cpu_model", "gpu_name", "parent_case_id",
     "interleaved", "self_spread", "self_p"}
 
 

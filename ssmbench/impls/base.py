@@ -125,6 +125,8 @@ class Op:
     outputs(kwargs, result) -> named tensors to compare (in-place state updates included).
     reference: "module:function" of the float64 reference, same signature as the public op.
     bytes_moved / flops(problem) -> the least the op must move / compute (derived units).
+    exps(problem) -> the exp evaluations the op cannot avoid, or None where they are too few to
+    bound its time (with the two above, the floor: the time no backend can beat on a machine).
     test_problems() -> the problems every backend is checked on: odd lengths, length 1, every
     layout and optional argument (on the CPU, float32; the tests add devices and dtypes).
     """
@@ -140,6 +142,7 @@ class Op:
     default_problem: Problem
     test_problems: Callable[[], list[Problem]]
     doc: str = ""
+    exps: Callable[[Problem], int] | None = None
 
     @cached_property
     def reference_fn(self) -> Callable:

@@ -11,8 +11,10 @@ from .base import Case, Suite
 from .common import CPU_THREADS
 
 GPU_LENGTHS = [2**12, 2**13, 2**14, 2**15, 2**16]
-# Python loops over L: beyond this length they take seconds per call and say nothing new.
+# Backends that loop over L in Python: beyond this length they take seconds per call and say
+# nothing new.
 LOOP_MAX_LEN = 2**13
+LOOPS = {"selective_scan": ("torch", "mambapy_seq", "transformers", "mamba_ssm_ref"), "ssd": ("torch",)}
 
 
 # Attention's float64 reference holds (L x L) scores per head: long ones are checked at this length.
@@ -28,7 +30,7 @@ def _cases(problems: dict[str, list[dict]], budget_s: float, timeout_s: float) -
             for backend in backends(op_name).values():
                 if backend.kind == "reference":
                     continue
-                if _is_loop(backend) and problem.params().get("seqlen", 0) > LOOP_MAX_LEN:
+                if backend.name in LOOPS.get(op_name, ()) and problem.params().get("seqlen", 0) > LOOP_MAX_LEN:
                     continue
                 check = ({"seqlen_q": ATTENTION_CHECK_LEN}
                          if op_name == "attention" and params.get("seqlen_q", 0) > ATTENTION_CHECK_LEN else {})
@@ -36,10 +38,6 @@ def _cases(problems: dict[str, list[dict]], budget_s: float, timeout_s: float) -
                                   series=backend.name, budget_s=budget_s, timeout_s=timeout_s,
                                   check_params=check))
     return cases
-
-
-def _is_loop(backend) -> bool:
-    return backend.name in ("torch", "mambapy_seq")
 
 
 def gpu() -> list[Case]:

@@ -103,6 +103,11 @@ def flops(p: SelectiveScanProblem) -> int:
     return p.batch * p.dim * p.seqlen * (7 * p.dstate + 4)
 
 
+def exps(p: SelectiveScanProblem) -> int:
+    # exp(delta * A) per state element and step: A is diagonal but differs per (channel, state).
+    return p.batch * p.dim * p.seqlen * p.dstate
+
+
 def test_problems() -> list[SelectiveScanProblem]:
     base = SelectiveScanProblem(batch=2, dim=8, dstate=4, seqlen=37)
     return [
@@ -124,6 +129,7 @@ OP = Op(
     reference="ssmbench.impls.selective_scan.reference:selective_scan",
     bytes_moved=bytes_moved,
     flops=flops,
+    exps=exps,
     default_problem=SelectiveScanProblem(),
     test_problems=test_problems,
     doc=__doc__,

@@ -2,25 +2,17 @@
 then a Python loop over L (the shape of mamba-ssm's ``selective_scan_ref``)."""
 from __future__ import annotations
 
+import functools
+
 import torch
-import torch.nn.functional as F
 
 from ..base import Backend
+from . import common
 
 
-def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                   return_last_state=False):
-    """Shapes as ``ssmbench.selective_scan``."""
-    dtype = u.dtype
-    acc = torch.float64 if dtype == torch.float64 else torch.float32
-    u, delta, A, B, C = (t.to(acc) for t in (u, delta, A, B, C))
-    if delta_bias is not None:
-        delta = delta + delta_bias.to(acc)[:, None]
-    if delta_softplus:
-        delta = F.softplus(delta)
+def _core(u, delta, A, B, C):
+    """u, delta (b, d, l); A (d, n); B, C (b, g, n, l) -> y (b, d, l), last state (b, d, n)."""
     b, d, l = u.shape
-    if B.dim() == 3:
-        B, C = B[:, None], C[:, None]
     per_group = d // B.shape[1]
     B = B.repeat_interleave(per_group, dim=1)  # (b, d, n, l)
     C = C.repeat_interleave(per_group, dim=1)
@@ -31,14 +23,11 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     for t in range(l):
         h = delta_a[..., t] * h + delta_bu[..., t]
         ys.append((h * C[..., t]).sum(-1))
-    y = torch.stack(ys, dim=-1)
-    if D is not None:
-        y = y + D.to(acc)[:, None] * u
-    if z is not None:
-        y = y * F.silu(z.to(acc))
-    y = y.to(dtype)
-    return (y, h) if return_last_state else y
+    return torch.stack(ys, dim=-1), h
 
+
+selective_scan = functools.partial(common.run, _core)
+selective_scan.__doc__ = "Shapes as ``ssmbench.selective_scan``."
 
 BACKEND = Backend(
     op="selective_scan", name="torch", impl=f"{__name__}:selective_scan", kind="torch",

@@ -172,6 +172,11 @@ def flops(p: SSDProblem) -> int:
     return p.batch * p.seqlen * p.nheads * p.headdim * (5 * p.dstate + 4)
 
 
+def exps(p: SSDProblem) -> int:
+    # exp(dt * A) once per head and step: A is a scalar per head (chunked backends do more).
+    return p.batch * p.seqlen * p.nheads
+
+
 def test_problems() -> list[SSDProblem]:
     base = SSDProblem(batch=2, seqlen=37, nheads=4, headdim=8, dstate=8, ngroups=1, chunk_size=16)
     return [
@@ -195,6 +200,7 @@ OP = Op(
     reference="ssmbench.impls.ssd.reference:ssd",
     bytes_moved=bytes_moved,
     flops=flops,
+    exps=exps,
     default_problem=SSDProblem(),
     test_problems=test_problems,
     doc=__doc__,

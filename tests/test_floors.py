@@ -1,0 +1,48 @@
+"""The floor of a timed case: the longest of its bytes, flops and exps at this machine's measured
+copy, matmul and exp rates, and the case's time as a multiple of it."""
+import math
+
+import pandas as pd
+import pytest
+
+from ssmbench.harness.report import TIMING_COLUMNS
+from ssmbench.harness.store import _add_ceiling_fractions
+from ssmbench.impls import get_op
+from ssmbench.impls.selective_scan import SelectiveScanProblem
+from ssmbench.impls.ssd import SSDProblem
+
+CEILINGS = {"copy_gbps": 10.0, "matmul_fp32_tflops": 0.5, "matmul_bf16_tflops": 2.0, "exp_gexps": 1.0}
+
+
+def test_floor_is_the_slowest_of_bytes_flops_and_exps():
+    frame = pd.DataFrame([
+        # bytes: 2e9 / 10 GB/s = 200 ms; flops: 5e10 / 0.5 TFLOP/s = 100 ms; exps: 1e8 / 1 Gexp/s = 100 ms
+        {"dtype": "float32", "median_ms": 800.0, "bytes": 2e9, "flops": 5e10, "exps": 1e8},
+        # bf16: flops at the bf16 rate, 4e11 / 2 TFLOP/s = 200 ms; exps 3e8 -> 300 ms, the floor
+        {"dtype": "bfloat16", "median_ms": 600.0, "bytes": 1e9, "flops": 4e11, "exps": 3e8},
+        # no exp count (the op declares none): flops decide, 1e11 / 0.5 TFLOP/s = 200 ms
+        {"dtype": "float32", "median_ms": 200.0, "bytes": 1e6, "flops": 1e11, "exps": None},
+    ])
+    frame["gbps"] = frame["bytes"] / (frame["median_ms"] * 1e-3) / 1e9
+    frame["tflops"] = frame["flops"] / (frame["median_ms"] * 1e-3) / 1e12
+    _add_ceiling_fractions(frame, CEILINGS)
+    assert frame["floor_ms"].tolist() == pytest.approx([200.0, 300.0, 200.0])
+    assert frame["x_floor"].tolist() == pytest.approx([4.0, 2.0, 1.0])
+    assert frame["pct_flops"][1] == pytest.approx(100 * 4e11 / 0.6 / 2e12)
+
+
+def test_no_ceilings_no_floor_and_columns_in_the_report():
+    frame = pd.DataFrame([{"dtype": "float32", "median_ms": 1.0, "bytes": 1, "flops": 1, "exps": 1,
+                           "gbps": 1.0, "tflops": 1.0}])
+    _add_ceiling_fractions(frame, {})
+    assert "floor_ms" not in frame
+    _add_ceiling_fractions(frame, {"exp_gexps": 1.0})  # a manifest with the exp rate only
+    assert math.isclose(frame["floor_ms"][0], 1e-6)
+    i = TIMING_COLUMNS.index("pct_flops")
+    assert TIMING_COLUMNS[i + 1:i + 3] == ["floor_ms", "x_floor"]
+
+
+def test_ops_count_their_exps():
+    assert get_op("selective_scan").exps(SelectiveScanProblem(batch=2, dim=3, dstate=5, seqlen=7)) == 2 * 3 * 5 * 7
+    assert get_op("ssd").exps(SSDProblem(batch=2, seqlen=7, nheads=3)) == 2 * 7 * 3
+    assert get_op("attention").exps is None

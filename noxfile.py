@@ -13,7 +13,7 @@ nox.options.default_venv_backend = "venv"
 # The CPU wheel; an unpinned torch would pull a multi-GB CUDA build onto CPU machines.
 CPU_TORCH = "torch==2.13.0"
 # Every suite with a CPU preset; the claim suites first, so that their report comes soonest.
-SUITES = ("scaling", "ssd_speedup", "jamba_cache", "generation", "jamba_throughput", "kernels")
+SUITES = ("scaling", "ssd_speedup", "jamba_cache", "generation", "jamba_throughput", "peers", "kernels")
 
 
 def _install(session: nox.Session, extras: str = "test") -> None:

@@ -67,7 +67,8 @@ def write_report(runs, results_dir: Path | None = None, out_dir: Path | None = N
     folder.mkdir(parents=True, exist_ok=True)
     sections: list[tuple[str, list]] = []  # (title, blocks); a block is str (markdown) or DataFrame
     for suite_name in (rows["suite"].unique() if len(rows) else []):
-        suite_rows = rows[rows["suite"] == suite_name]
+        # Columns of the other suites in the same report are all-empty here: drop them.
+        suite_rows = rows[rows["suite"] == suite_name].dropna(axis=1, how="all")
         suite = get_suite(suite_name) if suite_name in available_suites() else None
         blocks: list = []
         if suite is not None and suite.judge is not None:

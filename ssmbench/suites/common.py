@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -221,3 +222,17 @@ def loglog_figure(path: Path, lines: Sequence[tuple[str, Sequence, Sequence, Fit
 
 def gib(n: float) -> str:
     return f"{n / 2**30:,.6g} GiB"
+
+
+# Suite plumbing.
+def presets(cases_of: Callable[[Any], list[Case]], settings: Mapping[str, Any]) -> dict[str, Callable[[], list[Case]]]:
+    """Suite.presets from a settings table: preset name -> the cases of its setting."""
+    return {name: partial(cases_of, setting) for name, setting in settings.items()}
+
+
+def paper_values(claim: str, rows: pd.DataFrame, records: Sequence[tuple[str, str, str]]) -> pd.DataFrame:
+    """The "paper value beside ours" table of ``ssmbench tables``: (quantity, paper, measured)
+    records; the device is named where something was measured."""
+    device = device_label(rows) if len(rows) else ""
+    return pd.DataFrame([{"claim": claim, "quantity": q, "paper": p, "measured": m,
+                          "device": device if m != "not measured" else ""} for q, p, m in records])

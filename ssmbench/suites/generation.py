@@ -11,7 +11,6 @@ the CPU when weights + cache exceed the preset's stated budget.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -284,13 +283,9 @@ def figures(rows: pd.DataFrame, folder: Path) -> list[Path]:
     return [png] if png else []
 
 
-def _preset(name: str) -> list[Case]:
-    return cases(SETTINGS[name])
-
-
 SUITE = Suite(
     name=NAME,
     description="C2: generation throughput of Mamba vs a Transformer (ours and Hugging Face) by batch",
-    presets={name: partial(_preset, name) for name in SETTINGS},
+    presets=common.presets(cases, SETTINGS),
     judge=judge, figures=figures, tables=tables,
 )

@@ -12,7 +12,6 @@ models and for the published ones on one 80 GB GPU.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -225,13 +224,9 @@ def figures(rows: pd.DataFrame, folder: Path) -> list[Path]:
     return [p for p in out if p]
 
 
-def _preset(name: str) -> list[Case]:
-    return cases(SETTINGS[name])
-
-
 SUITE = Suite(
     name=NAME,
     description="C4: generation throughput of a Jamba-style hybrid vs Mixtral-style MoE vs dense, by context and batch",
-    presets={name: partial(_preset, name) for name in SETTINGS},
+    presets=common.presets(cases, SETTINGS),
     judge=judge, figures=figures, tables=tables,
 )

@@ -10,7 +10,6 @@ least 1.5x faster than the fastest peer, and both linear in L.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -233,14 +232,10 @@ def figures(rows: pd.DataFrame, folder: Path) -> list[Path]:
     return out
 
 
-def _preset(name: str) -> list[Case]:
-    return cases(SETTINGS[name])
-
-
 SUITE = Suite(
     name=NAME,
     description="our pure-PyTorch selective scan and SSD against other projects' pure-PyTorch scans (CPU)",
-    presets={name: partial(_preset, name) for name in SETTINGS},
+    presets=common.presets(cases, SETTINGS),
     judge=judge, figures=figures, tables=tables,
     threads={name: s.threads for name, s in SETTINGS.items()},
 )

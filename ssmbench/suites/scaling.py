@@ -10,7 +10,6 @@ records each call's peak memory.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -407,7 +406,6 @@ def paper_values(rows: pd.DataFrame) -> pd.DataFrame:
     scan = a.crossovers[(a.crossovers["op"] == "selective_scan") & (a.crossovers["backend"] == "fastest")] \
         if a is not None and len(a.crossovers) else pd.DataFrame()
     at_32k = _ratio_at(a, "selective_scan", 2**15) if a is not None else None
-    device = common.device_label(rows) if len(rows) else ""
     records = [
         ("fused scan vs standard PyTorch scan", "20-40x",
          f"{fused['ratio']:.1f}x ({fused['fused']} at L={fused['L']})" if fused else "not measured"),
@@ -415,18 +413,13 @@ def paper_values(rows: pd.DataFrame) -> pd.DataFrame:
          scan.iloc[0]["crossover"] if len(scan) else "not measured"),
         ("scan speedup over attention at L=32K", "up to 7x", f"{at_32k:.2f}x" if at_32k else "not measured"),
     ]
-    return pd.DataFrame([{"claim": "C1", "quantity": q, "paper": p, "measured": m,
-                          "device": device if m != "not measured" else ""} for q, p, m in records])
-
-
-def _preset(name: str) -> list[Case]:
-    return cases(SETTINGS[name])
+    return common.paper_values("C1", rows, records)
 
 
 SUITE = Suite(
     name=NAME,
     description="C1: time and memory of the selective scan, SSD and attention against L",
-    presets={name: partial(_preset, name) for name in SETTINGS},
+    presets=common.presets(cases, SETTINGS),
     judge=judge, figures=figures, tables=tables,
     extra={"paper_values": paper_values},
     threads={"cpu-small": common.CPU_THREADS},

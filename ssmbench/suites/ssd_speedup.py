@@ -9,7 +9,6 @@ each preset records its own in the verdicts.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -260,19 +259,13 @@ def paper_values(rows: pd.DataFrame) -> pd.DataFrame:
         ("scan time in N at fixed L", "linear", exponent("selective_scan")),
         ("SSD time in N at fixed L", "nearly flat up to N=256", exponent("ssd")),
     ]
-    device = common.device_label(rows) if len(rows) else ""
-    return pd.DataFrame([{"claim": "C3", "quantity": q, "paper": p, "measured": m,
-                          "device": device if m != "not measured" else ""} for q, p, m in records])
-
-
-def _preset(name: str) -> list[Case]:
-    return cases(SETTINGS[name])
+    return common.paper_values("C3", rows, records)
 
 
 SUITE = Suite(
     name=NAME,
     description="C3: SSD against the Mamba-1 scan over L at N=64 and over N at fixed L",
-    presets={name: partial(_preset, name) for name in SETTINGS},
+    presets=common.presets(cases, SETTINGS),
     judge=judge, figures=figures, tables=tables,
     extra={"paper_values": paper_values},
     threads={"cpu-small": common.CPU_THREADS},

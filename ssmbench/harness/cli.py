@@ -115,7 +115,7 @@ def cmd_gate(args) -> int:
         base_spec = args.baseline if args.baseline != "auto" else find_baseline(run, args.portable, args.baselines)
         baseline = load_input(base_spec, args.results_dir)
         result = gate(baseline, run, portable=args.portable, threshold=args.threshold, alpha=args.alpha,
-                      ratio_threshold=args.ratio_threshold)
+                      **({"ratio_threshold": args.ratio_threshold} if args.ratio_threshold is not None else {}))
         table = result.table()
         shown = table if args.all else table[table["outcome"] != "unchanged"]
         if len(shown):
@@ -208,8 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="machine-independent figures (ratios, exponents, tables, correctness) for CI")
     p.add_argument("--threshold", type=float, default=0.10, help="slowdown that counts (default 0.10)")
     p.add_argument("--alpha", type=float, default=0.01, help="Mann-Whitney U p-value that counts")
-    p.add_argument("--ratio-threshold", type=float, default=0.25,
-                   help="portable mode: worsening of a backend time ratio that counts (default 0.25)")
+    p.add_argument("--ratio-threshold", type=float, default=None,
+                   help="portable mode: worsening of a ratio between our backends that counts (default 0.5)")
     p.add_argument("--all", action="store_true", help="also list unchanged cases")
     p.set_defaults(func=cmd_gate)
 

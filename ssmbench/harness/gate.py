@@ -12,6 +12,7 @@ its time, and so does a claim whose verdict flips from holds to does not hold.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -23,12 +24,18 @@ import numpy as np
 import pandas as pd
 
 from .store import ResultsError, read_manifest, resolve_runs
+from ..impls.registry import backends, get_op
 from .stats import loglog_fit, speedup
 from .timing import significant_slowdown
 
 BROKEN = ("incorrect", "failed", "oom", "timeout")
 OUTCOMES = ("regression", "improvement", "unchanged", "new", "missing")
 BASELINES = Path("results") / "baselines"
+# Portable mode: how much worse a ratio between two of our backends must get to count. Between
+# two runs on one 2-core CPU, an hour apart, the ratio of a dispatch-bound loop to a compute-bound
+# scan moved by 32% with both runs' 95% intervals tight: such ratios drift between runs more
+# than within one, so the threshold is wide; a timing gate on one machine is the fine one.
+RATIO_THRESHOLD = 0.5
 
 
 class GateRefused(ValueError):
@@ -83,6 +90,15 @@ class GateInput:
     environment: dict
     rows: pd.DataFrame
     suite: str | None
+    labels: dict[str, str] = field(default_factory=dict)  # case id -> what the case is, in words
+
+    def label(self, case_id: str, row=None) -> str:
+        if case_id in self.labels:
+            return self.labels[case_id]
+        parent = row.get("parent_case_id") if row is not None else None
+        if isinstance(parent, str) and parent in self.labels:
+            return f"{self.labels[parent]} [{row.get('backend')}]"
+        return case_id
 
 
 def load_input(spec: str | Path, results_dir: Path | None = None) -> GateInput:
@@ -96,13 +112,17 @@ def load_input(spec: str | Path, results_dir: Path | None = None) -> GateInput:
 
     (path,) = resolve_runs([spec], results_dir)
 
+    from .store import Run
+
     manifest = read_manifest(path)
+    labels = {case.case_id: case.label() for case in Run(path).cases()}
     return GateInput(str(path), manifest["fingerprint"], manifest["environment"],
-                     load_runs(path, with_environment=False), manifest.get("suite"))
+                     load_runs(path, with_environment=False), manifest.get("suite"), labels)
 
 
 def gate(baseline: GateInput, run: GateInput, *, portable: bool = False, threshold: float = 0.10,
-         alpha: float = 0.01, ratio_threshold: float = 0.25, exponent_tolerance: float = 0.15) -> GateResult:
+         alpha: float = 0.01, ratio_threshold: float = RATIO_THRESHOLD,
+         exponent_tolerance: float = 0.15) -> GateResult:
     if not portable and baseline.fingerprint != run.fingerprint:
         from .env import fingerprint_diff
 
@@ -114,12 +134,13 @@ def gate(baseline: GateInput, run: GateInput, *, portable: bool = False, thresho
             "Use --portable for machine-independent figures."
         )
     result = GateResult("portable" if portable else "timing", baseline.name, run.name)
-    result.findings += _status_findings(baseline.rows, run.rows)
+    labels = _labels(run, baseline)
+    result.findings += _status_findings(baseline.rows, run.rows, labels)
     if portable:
-        result.findings += _figure_findings(portable_figures(baseline.rows), portable_figures(run.rows),
-                                            ratio_threshold, exponent_tolerance)
+        result.findings += _figure_findings(portable_figures(baseline.rows, labels),
+                                            portable_figures(run.rows, labels), ratio_threshold, exponent_tolerance)
     else:
-        result.findings += _timing_findings(baseline.rows, run.rows, threshold, alpha)
+        result.findings += _timing_findings(baseline.rows, run.rows, labels, threshold, alpha)
     result.findings += _verdict_findings(baseline, run)
     return result
 
@@ -128,29 +149,21 @@ def _ok(rows: pd.DataFrame) -> pd.DataFrame:
     return rows[rows["status"] == "ok"] if len(rows) else rows
 
 
-def _labels(rows: pd.DataFrame) -> dict[str, str]:
-    from .report import PARAM_EXCLUDE
-
-    labels = {}
-    for _, row in rows.iterrows():
-        params = ",".join(f"{k}={row[k]}" for k in rows.columns
-                          if k not in PARAM_EXCLUDE and k not in ("status", "reason", "backend")
-                          and not _missing(row[k]))
-        what = f"{row.get('op')}/{row.get('backend')}" if isinstance(row.get("op"), str) and row.get("op") else row.get("fn", "")
-        labels[row["case_id"]] = f"{what} {params}"
+def _labels(*entries: GateInput) -> dict[str, str]:
+    """case id -> label, from the cases the runs were asked to do (parameters only, so a case
+    has the same label in every run)."""
+    labels: dict[str, str] = {}
+    for entry in entries:
+        for _, row in entry.rows.iterrows():
+            labels.setdefault(row["case_id"], entry.label(row["case_id"], row))
     return labels
 
 
-def _missing(value) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value)) or value == ""
-
-
-def _status_findings(base: pd.DataFrame, cur: pd.DataFrame) -> list[Finding]:
+def _status_findings(base: pd.DataFrame, cur: pd.DataFrame, labels: dict[str, str]) -> list[Finding]:
     findings = []
     b = base.set_index("case_id")["status"].to_dict() if len(base) else {}
     c = cur.set_index("case_id")["status"].to_dict() if len(cur) else {}
     reasons = cur.set_index("case_id")["reason"].to_dict() if len(cur) else {}
-    labels = {**_labels(base), **_labels(cur)}
     for case_id in sorted(set(b) | set(c)):
         if case_id not in c:
             findings.append(Finding(labels[case_id], "status", b[case_id], None, "missing"))
@@ -164,13 +177,12 @@ def _status_findings(base: pd.DataFrame, cur: pd.DataFrame) -> list[Finding]:
     return findings
 
 
-def _timing_findings(base, cur, threshold: float, alpha: float) -> list[Finding]:
+def _timing_findings(base, cur, labels: dict[str, str], threshold: float, alpha: float) -> list[Finding]:
     findings = []
     b, c = _ok(base), _ok(cur)
     if "median_ms" not in b or "median_ms" not in c:
         return findings
     b, c = b.set_index("case_id"), c.set_index("case_id")
-    labels = _labels(cur)
     for case_id in sorted(set(b.index) & set(c.index)):
         bm, cm = float(b.at[case_id, "median_ms"]), float(c.at[case_id, "median_ms"])
         if math.isnan(bm) or math.isnan(cm):
@@ -209,40 +221,66 @@ class Figure:
         return f"{self.value:.4g} [{self.lo:.4g}, {self.hi:.4g}]"
 
 
-def portable_figures(rows: pd.DataFrame) -> dict[tuple[str, str], Figure | bool]:
+def portable_figures(rows: pd.DataFrame, labels: dict[str, str] | None = None) -> dict[tuple[str, str], Figure | bool]:
     """Machine-independent figures of one run: {(kind, key): figure}.
 
-    ratio: each backend's median over the reference backend's ("torch" where present) on the
-    same problem, with a bootstrap interval from both raw samples; exponent: the log-log slope
-    of time in seqlen per backend, with its regression interval; table: exact-table rows' equal.
+    ratio: each of our backends' median over the reference backend's ("torch" where present) on
+    the same problem, with a bootstrap interval from both raw samples, then the geometric mean of
+    those over the run's problems, per backend pair; exponent: the log-log
+    slope of time in the sequence length per backend of ours, with its regression interval;
+    table: exact-table rows' ``equal``. Third-party backends are left out of ratios and
+    exponents: their speed against ours is measured, but it is not this project's to gate.
     """
-    from .report import PARAM_EXCLUDE
-
     figures: dict[tuple[str, str], Figure | bool] = {}
-    ok = _ok(rows)
+    labels = labels or {}
     if "equal" in rows:
-        for case_id, label in _labels(rows[rows["equal"].notna()]).items():
-            figures[("table", label)] = bool(rows.set_index("case_id").at[case_id, "equal"])
-    if "median_ms" not in ok or not len(ok):
+        for _, row in rows[rows["equal"].notna()].iterrows():
+            figures[("table", labels.get(row["case_id"], row["case_id"]))] = bool(row["equal"])
+    ok = _ok(rows)
+    if "median_ms" not in ok or "op" not in ok:
         return figures
-    ops = ok[ok["op"].fillna("") != ""]
-    params = ["op"] + [c for c in ops.columns if c not in PARAM_EXCLUDE and c not in ("status", "reason", "backend")
-                       and ops[c].notna().any()]
-    for key, group in ops.groupby([ops[c].astype(str) for c in params], sort=True, dropna=False):
-        problem = _key(params, key)
-        by_backend = group.set_index("backend")
-        ref = "torch" if "torch" in by_backend.index else sorted(by_backend.index)[0]
-        for backend in by_backend.index:
-            if backend != ref:
-                figures[("ratio", f"{problem} {backend}/{ref}")] = _ratio(by_backend.loc[backend],
-                                                                          by_backend.loc[ref])
-    for length in [c for c in ("seqlen", "seqlen_q") if c in params]:
-        others = [c for c in params if c not in ("seqlen", "seqlen_q")] + ["backend"]
-        subset = ops[ops[length].notna()]
-        for key, group in subset.groupby([subset[c].astype(str) for c in others], sort=True, dropna=False):
-            if group[length].nunique() >= 3:
-                figures[("exponent", _key(others, key))] = _slope(group[length], group["median_ms"])
+    for op_name, of_op in ok[ok["op"].fillna("") != ""].groupby("op"):
+        ours = of_op[of_op["backend"].map(lambda name: _ours(op_name, name))]
+        fields = [f.name for f in dataclasses.fields(get_op(op_name).problem_type) if f.name in ours]
+        per_pair: dict[str, list[Figure]] = {}
+        for _, group in ours.groupby([ours[c].map(_fmt) for c in fields], sort=True):
+            by_backend = group.set_index("backend")
+            ref = "torch" if "torch" in by_backend.index else sorted(by_backend.index)[0]
+            for backend in by_backend.index:
+                if backend != ref:
+                    per_pair.setdefault(f"{backend}/{ref}", []).append(
+                        _ratio(by_backend.loc[backend], by_backend.loc[ref]))
+        for pair, ratios in per_pair.items():
+            figures[("ratio", f"{op_name} {pair} over {len(ratios)} problem(s)")] = _geometric_mean(ratios)
+        for length in [c for c in ("seqlen", "seqlen_q") if c in fields]:
+            others = [c for c in fields if c != length]
+            for key, group in ours.groupby([ours[c].map(_fmt) for c in others] + [ours["backend"]], sort=True):
+                if group[length].nunique() >= 3:
+                    figures[("exponent", f"{op_name} {_key(others + ['backend'], key)}")] = _slope(
+                        group[length], group["median_ms"])
     return figures
+
+
+def _geometric_mean(figures: list[Figure]) -> Figure:
+    """One ratio per backend pair over all the suite's problems: a size where one run happened
+    to be slow moves it little, a backend that became slower everywhere moves it fully. The
+    bounds are the geometric means of the bounds (wider than the mean's own interval)."""
+    def mean(values):
+        return float(np.exp(np.mean(np.log(values))))
+
+    return Figure(mean([f.value for f in figures]), mean([f.lo for f in figures]), mean([f.hi for f in figures]))
+
+
+def _ours(op: str, backend: str) -> bool:
+    known = backends(op)
+    return backend not in known or known[backend].kind not in ("third-party", "reference")
+
+
+def _fmt(value) -> str:
+    """One spelling per value whatever the column's dtype (a column with gaps holds 256.0)."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
 
 
 def _ratio(row, ref) -> Figure:
@@ -261,7 +299,7 @@ def _slope(lengths, medians) -> Figure:
 
 def _key(names, values) -> str:
     values = values if isinstance(values, tuple) else (values,)
-    return ",".join(f"{n}={v}" for n, v in zip(names, values) if not _missing(v) and str(v) not in ("nan", "None"))
+    return ",".join(f"{n}={v}" for n, v in zip(names, values))
 
 
 def _figure_findings(base, cur, ratio_threshold: float, exponent_tolerance: float) -> list[Finding]:

@@ -14,6 +14,10 @@ nox.options.default_venv_backend = "venv"
 CPU_TORCH = "torch==2.13.0"
 # Every suite with a CPU preset; the claim suites first, so that their report comes soonest.
 SUITES = ("scaling", "ssd_speedup", "jamba_cache", "generation", "jamba_throughput", "peers", "kernels")
+# The CPU gate leaves out peers: its verdicts are margins over other projects' scans (3x at
+# cpu-small sizes is within noise of the target: 1.6x to 3.2x between two runs here), a claim
+# for the cpu-peers preset to judge, not a regression check.
+GATED = tuple(s for s in SUITES if s != "peers")
 
 
 def _install(session: nox.Session, extras: str = "test") -> None:
@@ -53,8 +57,8 @@ def gate(session: nox.Session) -> None:
     baseline on machine-independent figures (ratios inside the run, scaling exponents, exact
     tables, correctness, claim verdicts). Fails on any regression."""
     _install(session, "peers")
-    session.run("ssmbench", "run", "--suite", ",".join(SUITES), "--preset", "cpu-small", "--quiet")
-    session.run("ssmbench", "gate", "--portable", "--run", *(f"latest:{suite}" for suite in SUITES))
+    session.run("ssmbench", "run", "--suite", ",".join(GATED), "--preset", "cpu-small", "--quiet")
+    session.run("ssmbench", "gate", "--portable", "--run", *(f"latest:{suite}" for suite in GATED))
 
 
 @nox.session(name="gpu-bench", venv_params=["--system-site-packages"])

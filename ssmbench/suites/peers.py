@@ -9,6 +9,7 @@ least 1.5x faster than the fastest peer, and both linear in L.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -153,9 +154,12 @@ def _speedup_verdict(op: str, r: pd.DataFrame, device: str, setting: str) -> Ver
     note = "" if at["L"] == TARGET_L else f"; measured at L={at['L']}, not the target's L={TARGET_L}"
     measured = (f"{at['peer']} / {at['ours']} at L={at['L']}: {at['speedup']:.2f}x [{at['ci_low']:.2f}, "
                 f"{at['ci_high']:.2f}] ({at['peer_ms']:.1f} ms vs {at['ours_ms']:.1f} ms)")
-    return Verdict(**base, measured=measured, verdict="holds" if at["ci_low"] >= target else "does not hold",
+    verdict = ("holds" if at["ci_low"] >= target else "does not hold" if at["ci_high"] < target
+               else "not measured")
+    return Verdict(**base, measured=measured, verdict=verdict,
                    reason=f"holds when the 95% bootstrap interval of the fastest peer's median time over our "
-                          f"fastest backend's lies at or above {target:g}x, at the longest L both ran" + note)
+                          f"fastest backend's lies at or above {target:g}x, does not hold when it lies below, "
+                          f"and is undecided when it straddles {target:g}x; at the longest L both ran" + note)
 
 
 def _linear_verdict(t: pd.DataFrame, device: str) -> Verdict:
@@ -173,11 +177,16 @@ def _linear_verdict(t: pd.DataFrame, device: str) -> Verdict:
                        reason="a slope needs two timed lengths")
     measured = "; ".join(f"{k}: {f.describe()} (L {int(f.x_from)}..{int(f.x_to)})" for k, f in fits.items())
     missing = [op for op in OPS if not any(k.startswith(f"{op}/") for k in fits)]
-    holds = all(f.slope <= LINEAR_MAX for f in fits.values())
-    verdict = "not measured" if missing and holds else "holds" if holds else "does not hold"
+    # With an interval (three or more lengths) a slope is decided by it; with two lengths a
+    # slope above the bound is not evidence enough to reject, only to leave the claim open.
+    holds = all((f.high if not math.isnan(f.high) else f.slope) <= LINEAR_MAX for f in fits.values())
+    fails = any(not math.isnan(f.low) and f.low > LINEAR_MAX for f in fits.values())
+    verdict = ("does not hold" if fails else "not measured" if missing or not holds else "holds")
     return Verdict(**base, measured=measured, verdict=verdict,
                    reason=f"holds when, for each op, the log-log slope of its fastest torch backend (at the longest "
-                          f"L) over the upper half of the lengths is at most {LINEAR_MAX}"
+                          f"L) over L >= {LINEAR_FROM} (else the upper half of the lengths) is at most {LINEAR_MAX}, "
+                          f"by its 95% interval where three or more lengths give one; does not hold when an "
+                          f"interval lies above {LINEAR_MAX}; otherwise undecided"
                           + (f"; not timed: {', '.join(missing)}" if missing else ""))
 
 

@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .store import ResultsError, read_manifest, resolve_runs
 from ..impls.registry import backends, get_op
 from .stats import loglog_fit, speedup
+from .store import ResultsError, read_manifest, resolve_runs
 from .timing import significant_slowdown
 
 BROKEN = ("incorrect", "failed", "oom", "timeout")

@@ -67,3 +67,23 @@ def _mamba_triton(module: str) -> tuple[ModuleType | None, str | None]:
         return importlib.import_module(name), None
     except Exception as exc:  # a missing einops, an incompatible triton, ...
         return None, f"{name} fails to import: {type(exc).__name__}: {exc}"
+
+
+def transformers_torch_path(module: str, function: str):
+    """transformers' pure-torch ``module.function`` beneath its kernel wrappers (the path its
+    mixers take when no kernel package is installed)."""
+    import inspect
+
+    return inspect.unwrap(getattr(importlib.import_module(module), function))
+
+
+def transformers_missing(module: str, function: str, older: str) -> list[str]:
+    """Why ``module.function`` cannot be called: the import error, or a release without it
+    (``older``: where older releases keep that code)."""
+    reasons = import_failure(module)
+    if not reasons and not hasattr(importlib.import_module(module), function):
+        from .base import distribution_version
+
+        reasons = [f"transformers {distribution_version('transformers')} has no {module}.{function} "
+                   f"(older releases keep the scan inline in {older})"]
+    return reasons

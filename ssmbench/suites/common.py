@@ -16,8 +16,8 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from ..impls.registry import backends, get_op
 from ..harness.stats import CONFIDENCE, Fit, loglog_fit, speedup  # noqa: F401 - the suites' vocabulary
+from ..impls.registry import backends, get_op
 from .base import Case
 
 # Why the CPU presets time on one thread: on a CPU shared with other work, an op's two threads wait
@@ -236,3 +236,10 @@ def paper_values(claim: str, rows: pd.DataFrame, records: Sequence[tuple[str, st
     device = device_label(rows) if len(rows) else ""
     return pd.DataFrame([{"claim": claim, "quantity": q, "paper": p, "measured": m,
                           "device": device if m != "not measured" else ""} for q, p, m in records])
+
+
+def cases_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """The report's per-case timing table of a suite's op cases (custom cases have their own)."""
+    from ..harness.report import timing_table
+
+    return timing_table(rows[rows["op"].fillna("") != ""] if "op" in rows else rows)

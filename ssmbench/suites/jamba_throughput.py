@@ -20,8 +20,7 @@ from ..models.configs import get_model
 from ..models.generate import GIB, case_config, footprint, max_context
 from . import common
 from .base import Case, Suite, Verdict
-from .generation import (FN, Model, best_batch, case_table, memory_table, ok_rows, throughput_figure,
-                         throughput_table)
+from .generation import FN, Model, best_batch, case_table, memory_table, ok_rows, throughput_figure, throughput_table
 
 NAME = "jamba_throughput"
 JAMBA, MIXTRAL, DENSE = Model("Jamba-v0.1"), Model("Mixtral-8x7B"), Model("Llama-2-7B")

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..harness.report import timing_table
 from ..impls.registry import backends
 from . import common
 from .base import Case, Suite, Verdict
@@ -216,8 +215,7 @@ def tables(rows: pd.DataFrame) -> dict[str, pd.DataFrame]:
     r = ratios(t) if len(t) else pd.DataFrame()
     if len(r):
         out["Our fastest torch backend against the fastest peer (95% bootstrap interval)"] = r
-    ops = rows[rows["op"].fillna("") != ""] if "op" in rows else rows
-    out["Cases"] = timing_table(ops)
+    out["Cases"] = common.cases_table(rows)
     return out
 
 

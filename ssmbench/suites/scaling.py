@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..harness.report import timing_table
 from ..impls.checks import element_size
 from ..models.cache import build_cache, kv_cache_bytes, mamba_state_bytes
 from ..models.configs import MambaMixer, ModelConfig
@@ -372,8 +371,7 @@ def tables(rows: pd.DataFrame) -> dict[str, pd.DataFrame]:
         out["Decode-step state bytes (allocated)"] = wide.reset_index()
     if len(a.peak):
         out["Exponent of peak memory in L (GPU)"] = a.peak.drop(columns="fit")
-    ops = rows[rows["op"].fillna("") != ""] if "op" in rows else rows
-    out["Cases"] = timing_table(ops)
+    out["Cases"] = common.cases_table(rows)
     return out
 
 

@@ -11,11 +11,12 @@ adapter calls it once per group of grouped B and C and concatenates along d.
 """
 from __future__ import annotations
 
-import inspect
+from functools import partial
 
 import torch
 
-from ..base import Backend, distribution_version, import_failure
+from ..base import Backend
+from ..third_party import transformers_missing, transformers_torch_path
 from . import common
 
 MODULE = "transformers.models.mamba.modeling_mamba"
@@ -23,20 +24,10 @@ FUNCTION = "mamba_selective_scan"
 
 
 def _torch_path():
-    from transformers.models.mamba import modeling_mamba
-
-    return inspect.unwrap(getattr(modeling_mamba, FUNCTION))
+    return transformers_torch_path(MODULE, FUNCTION)
 
 
-def _available() -> list[str]:
-    reasons = import_failure(MODULE)
-    if not reasons:
-        from transformers.models.mamba import modeling_mamba
-
-        if not hasattr(modeling_mamba, FUNCTION):
-            reasons = [f"transformers {distribution_version('transformers')} has no {MODULE}.{FUNCTION} "
-                       f"(older releases keep the scan inline in MambaMixer.slow_forward)"]
-    return reasons
+_available = partial(transformers_missing, MODULE, FUNCTION, "MambaMixer.slow_forward")
 
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,

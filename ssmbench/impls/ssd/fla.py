@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from functools import partial
 
-
 from ..base import Backend, import_failure
 from . import per_channel, skip_and_gate, step_sizes
 

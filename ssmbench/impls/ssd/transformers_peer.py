@@ -11,9 +11,10 @@ gates in its norm instead), and casts the float32 output back to x's dtype.
 """
 from __future__ import annotations
 
-import inspect
+from functools import partial
 
-from ..base import Backend, distribution_version, import_failure
+from ..base import Backend
+from ..third_party import transformers_missing, transformers_torch_path
 from . import skip_and_gate
 
 MODULE = "transformers.models.mamba2.modeling_mamba2"
@@ -21,20 +22,10 @@ FUNCTION = "mamba2_chunk_scan"
 
 
 def _torch_path():
-    from transformers.models.mamba2 import modeling_mamba2
-
-    return inspect.unwrap(getattr(modeling_mamba2, FUNCTION))
+    return transformers_torch_path(MODULE, FUNCTION)
 
 
-def _available() -> list[str]:
-    reasons = import_failure(MODULE)
-    if not reasons:
-        from transformers.models.mamba2 import modeling_mamba2
-
-        if not hasattr(modeling_mamba2, FUNCTION):
-            reasons = [f"transformers {distribution_version('transformers')} has no {MODULE}.{FUNCTION} "
-                       f"(older releases keep the scan inline in Mamba2Mixer.torch_forward)"]
-    return reasons
+_available = partial(transformers_missing, MODULE, FUNCTION, "Mamba2Mixer.torch_forward")
 
 
 def ssd(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=None, initial_states=None,

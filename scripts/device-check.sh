@@ -1,47 +1,83 @@
 #!/usr/bin/env bash
 # On a lent GPU: correctness of every GPU backend, then a short comparison of all backends per op
-# (the kernels suite, gpu preset), in about 5 minutes. Installs nothing: backends whose packages
-# are absent are listed with their reasons. Writes under $OUT when set, else ./device-out.
+# (the kernels suite, gpu preset), in about 6 minutes. Installs nothing: backends whose packages
+# are absent are listed with their reasons (packages carried as files can be put on PYTHONPATH).
+# Writes under $OUT when set, else ./device-out. Each step has its own time limit, so a slow or
+# hung step costs its own time only; the benchmark keeps every case finished before its limit.
+# Step limits in seconds: CHECK_TIMEOUT, KERNEL_TEST_TIMEOUT, BENCH_SLICES (see below).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/device-out}
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 # Build our CUDA extension for this GPU only (faster), in a cache that later calls reuse.
-export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-$(python3 -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())')}
+export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-$(python3 -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())' 2>/dev/null)}
 export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-/tmp/ssmbench-extensions}
 export MAX_JOBS=${MAX_JOBS:-16}
 py=python3
+cli="$py -m ssmbench.harness.cli --results-dir $OUT/results --reports-dir $OUT/reports"
+# The image's hypothesis and pytest-benchmark plugins serve no test here and slow each process.
+pytest_args=(-q -p no:cacheprovider -p no:hypothesispytest -p no:benchmark --tb=line -rfE)
+$py -c 'import pytest_timeout' 2>/dev/null && pytest_args+=(--timeout "${TEST_TIMEOUT:-90}")
+# Compiling the kernels for each new shape takes the CPU most of a test's time: spread the tests
+# over processes where pytest-xdist is there.
+$py -c 'import xdist' 2>/dev/null && pytest_args+=(-n "${TEST_WORKERS:-12}")
+# A step past its limit gets SIGINT, so that pytest and the runner still print what they have.
+limit() { timeout -s INT -k 15 "$@"; }
 
 step() { printf '\n== %s (%(%T)T)\n' "$1" -1; }
+
+$py -c 'import torch, sys; sys.exit(not torch.cuda.is_available())' || {
+    echo "device-check: torch sees no CUDA GPU on this machine; this script is for a machine with one" >&2
+    exit 2
+}
 
 step "GPU and software"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,memory.total --format=csv | tee "$OUT/gpu.txt"
 $py -c 'import torch, triton; print("torch", torch.__version__, "cuda", torch.version.cuda, "triton", triton.__version__)' | tee -a "$OUT/gpu.txt"
 
+# The extension builds while the tests of the other backends run; its own tests wait for the
+# build's lock.
+( time $py -c 'from ssmbench.kernels.cuda import build; build.extension(); print("built in", build.build_directory())' ) \
+    >"$OUT/cuda-build.txt" 2>&1 &
+build_job=$!
+
+step "correctness of every backend on CUDA (fp32, bf16; Triton at its fixed config)"
+SSMBENCH_TRITON_AUTOTUNE=0 limit "${CHECK_TIMEOUT:-130}" $py -m pytest "${pytest_args[@]}" tests/test_correctness.py -k cuda \
+    2>&1 | tee "$OUT/correctness.txt" | tail -n 40
+
+step "build of our CUDA extension"
+wait $build_job
+tail -n 30 "$OUT/cuda-build.txt"
+
 step "backends"
-$py -m ssmbench.harness.cli list --device cuda | tee "$OUT/backends.txt"
+$cli list --device cuda | tee "$OUT/backends.txt"
 
-step "correctness of every backend on CUDA (fp32, bf16)"
-timeout "${CHECK_TIMEOUT:-200}" $py -m pytest -q -p no:cacheprovider tests/test_correctness.py -k cuda \
-    2>&1 | tail -n 60 | tee "$OUT/correctness.txt"
-step "GPU tests of our CUDA extension and Triton kernels"
-timeout "${KERNEL_TEST_TIMEOUT:-150}" $py -m pytest -q -p no:cacheprovider tests/test_cuda_ext.py tests/test_triton.py \
-    tests/test_triton_ssd.py 2>&1 | tail -n 40 | tee "$OUT/kernel-tests.txt"
+step "GPU tests of our CUDA extension and Triton kernels (autotuned)"
+limit "${KERNEL_TEST_TIMEOUT:-70}" $py -m pytest "${pytest_args[@]}" tests/test_cuda_ext.py tests/test_triton.py \
+    tests/test_triton_ssd.py 2>&1 | tee "$OUT/kernel-tests.txt" | tail -n 30
 
-step "benchmark: kernels suite, gpu preset"
-timeout "${BENCH_TIMEOUT:-240}" $py -m ssmbench.harness.cli --results-dir "$OUT/results" --reports-dir "$OUT/reports" \
-    run --suite kernels --preset gpu --report --quiet 2>&1 | tail -n 5
+# One run per op, each with its own time slice, so that a slow op (first calls of third-party
+# kernels autotune for tens of seconds) cannot starve the others. Slices in seconds:
+# BENCH_SLICES="op:seconds ..."; BENCH_BACKENDS=a,b limits the backends.
+for slice in ${BENCH_SLICES:-selective_scan:70 ssd:110 selective_state_update:25 causal_conv1d,causal_conv1d_update:30 attention:40}; do
+    ops=${slice%%:*}
+    step "benchmark: kernels suite, gpu preset, $ops (${slice##*:} s)"
+    limit "${slice##*:}" $cli run --suite kernels --preset gpu --ops "$ops" \
+        ${BENCH_BACKENDS:+--backends "$BENCH_BACKENDS"} --quiet 2>&1 | tail -n 3
+done
+$cli report $(ls "$OUT/results") 2>&1 | tail -n 1
 
 step "summary"
 $py - "$OUT/results" <<'PY' | tee "$OUT/summary.md"
 import sys
 import ssmbench
-rows = ssmbench.load_runs("latest", results_dir=sys.argv[1])
+from pathlib import Path
+rows = ssmbench.load_runs(*sorted(Path(sys.argv[1]).iterdir()))
 keep = [c for c in ["op", "backend", "dtype", "seqlen", "seqlen_q", "dstate", "status", "median_ms", "gbps", "pct_bw",
-                    "tflops", "pct_flops", "rel_error", "first_call_ms", "reason"] if c in rows]
+                    "tflops", "pct_flops", "x_floor", "rel_error", "first_call_ms", "kernel_configs", "reason"] if c in rows]
 table = rows[keep].copy()
-table["reason"] = table["reason"].str.slice(0, 60)
+table["reason"] = table["reason"].fillna("").str.slice(0, 60)
 print(table.to_markdown(index=False, floatfmt=".3g"))
 PY
 tar -czf "$OUT/results.tgz" -C "$OUT" results reports 2>/dev/null && rm -rf "$OUT/results" "$OUT/reports"

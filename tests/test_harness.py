@@ -81,6 +81,28 @@ def test_wrong_backend_is_incorrect_and_not_timed(monkeypatch):
     assert "median_ms" not in row
 
 
+def test_first_call_is_the_cold_one(monkeypatch):
+    """A one-time cost (compiling, autotuning) lands in first_call_ms, not in the samples."""
+    backend = get_backend("selective_scan", "torch")
+    cold = dataclasses.replace(backend)
+    calls = []
+
+    def fn(**kwargs):
+        if not calls:
+            time.sleep(0.3)
+        calls.append(1)
+        return backend.fn(**kwargs)
+
+    cold.__dict__["fn"] = fn
+    monkeypatch.setattr("ssmbench.harness.execute.get_backend", lambda op, name: cold)
+    case = Case(suite="t", op="selective_scan", backend="torch", budget_s=0.05,
+                params=get_op("selective_scan").default_problem.replace(seqlen=16).params())
+    (row,) = execute(case)
+    assert row["status"] == "ok", row["reason"]
+    assert row["first_call_ms"] >= 300
+    assert max(row["samples_ms"]) < 300
+
+
 def perturbed(backend, scale):
     """The backend with every output tensor moved by ``scale`` of its norm (random direction)."""
     copy = dataclasses.replace(backend)
@@ -138,6 +160,15 @@ def test_resume_after_kill_has_every_case_once(tmp_path):
     rows = load_runs(run.path)
     assert sorted(rows["tag"]) == list(range(6))
     assert rows["case_id"].is_unique
+
+
+def test_resume_refuses_a_run_of_another_machine(tmp_path):
+    from ssmbench.harness.session import resume_run
+
+    run = new_run(tmp_path, [custom("sleep", seconds=0.0)])
+    with pytest.raises(ResultsError, match="cpu_model: 'test' there"):
+        resume_run(str(run.path), progress=False)
+    assert not (run.path / "rows.jsonl").exists() or not (run.path / "rows.jsonl").read_text()
 
 
 def test_store_errors_name_the_file_and_field(tmp_path):
@@ -201,6 +232,25 @@ def test_cli_errors_name_what_is_wrong(capsys, tmp_path):
     assert "unknown parameter(s) dimm" in capsys.readouterr().err
     assert cli.main(["--results-dir", str(tmp_path), "report", "nope"]) == 2
     assert "neither a run folder nor a run id" in capsys.readouterr().err
+    run = ["--results-dir", str(tmp_path), "run", "--suite", "kernels"]
+    assert cli.main([*run, "--ops", "scan"]) == 2
+    assert "--ops: unknown scan; expected some of: attention," in capsys.readouterr().err
+    assert cli.main([*run, "--backends", "torhc"]) == 2
+    assert "--backends: unknown torhc; expected some of:" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the answer on a machine without a GPU")
+def test_a_gpu_preset_without_a_gpu_says_so(capsys, tmp_path):
+    assert cli.main(["--results-dir", str(tmp_path), "run", "--suite", "kernels", "--preset", "gpu"]) == 2
+    assert "--preset gpu of suite kernels runs on a CUDA GPU" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+def test_run_keeps_only_the_ops_and_backends_asked_for(capsys, tmp_path):
+    assert cli.main(["--results-dir", str(tmp_path), "run", "--suite", "kernels", "--preset", "cpu-small",
+                     "--ops", "causal_conv1d_update", "--backends", "torch", "--quiet"]) == 0
+    rows = load_runs("latest", results_dir=tmp_path)
+    assert set(zip(rows["op"], rows["backend"])) == {("causal_conv1d_update", "torch")}
 
 
 def test_allocator_setting_is_chosen_and_recorded(capsys, tmp_path, monkeypatch):

@@ -122,3 +122,14 @@ def test_scan_candidates_fit_the_budget(dstate):
     assert tiles
     smallest = min(c.kwargs["BLOCK_D"] * c.kwargs["BLOCK_L"] for c in launcher.configs)
     assert all(t <= kernels._BUDGET for t in tiles) or tiles == [smallest * kernels.block_size(dstate)]
+
+
+def test_rows_record_the_block_sizes_the_kernel_ran_with():
+    from ssmbench.harness.execute import execute
+    from ssmbench.suites.base import Case
+
+    _, _, problem = runnable("selective_scan")
+    (row,) = execute(Case(suite="t", op="selective_scan", backend="triton", params=problem.params(), budget_s=0.01,
+                          max_repeats=3))
+    assert row["status"] == "ok", row["reason"]
+    assert row["kernel_configs"].startswith("selective_scan_fwd_kernel: BLOCK_D=")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -21,6 +22,9 @@ class Check:
     rel_error: float  # worst relative norm error over the outputs
     tolerance: float
     worst_output: str
+    # Wall time of the backend's call, synchronised. For a process's first call at a shape it
+    # holds what the first call pays: compiling, autotuning, loading an extension.
+    call_ms: float = math.nan
 
     @property
     def passed(self) -> bool:
@@ -100,14 +104,18 @@ def check(backend: Backend, problem: Problem, seed: int = 0,
     if expected is None:
         expected = reference_outputs(problem, inputs)
     args = clone_args(inputs)
+    if problem.device == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
     with poisoned_allocations():
         result = backend(**args)
     if problem.device == "cuda":
         torch.cuda.synchronize()
+    call_ms = (time.perf_counter() - start) * 1e3
     actual = op.outputs(args, result)
     missing = set(expected) - set(actual)
     if missing:
         raise ValueError(f"backend {backend.name} returned no {', '.join(sorted(missing))}")
     errors = {name: rel_error(actual[name], expected[name]) for name in expected}
     worst = max(errors, key=errors.get)
-    return Check(errors[worst], backend.tolerance(problem.dtype), worst)
+    return Check(errors[worst], backend.tolerance(problem.dtype), worst, call_ms)

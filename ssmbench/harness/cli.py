@@ -66,7 +66,17 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def _names(text: str, option: str, known) -> set[str]:
+    """The comma-separated names of ``option``, each checked against ``known``."""
+    names = {n.strip() for n in text.split(",") if n.strip()}
+    unknown = sorted(names - set(known))
+    if unknown:
+        raise ValueError(f"{option}: unknown {', '.join(unknown)}; expected some of: {', '.join(sorted(known))}")
+    return names
+
+
 def cmd_run(args) -> int:
+    from ..impls import OP_NAMES, backends
     from .session import resume_run, start_run
 
     if args.resume:
@@ -82,10 +92,19 @@ def cmd_run(args) -> int:
         for suite in suites:
             preset = args.preset or suite.default_preset
             cases = suite.cases(preset)
+            if args.ops:
+                cases = [c for c in cases if c.op in _names(args.ops, "--ops", OP_NAMES)]
             if args.backends:
-                keep = set(args.backends.split(","))
+                known = {name for op in OP_NAMES for name in backends(op)}
+                keep = _names(args.backends, "--backends", known)
                 cases = [c for c in cases if not c.backend or c.backend in keep]
             device = "cuda" if any(c.params.get("device") == "cuda" for c in cases) else "cpu"
+            if device == "cuda":
+                import torch
+
+                if not torch.cuda.is_available():
+                    raise ValueError(f"--preset {preset} of suite {suite.name} runs on a CUDA GPU, and torch "
+                                     f"{torch.__version__} sees none here")
             summaries.append(start_run(f"{suite.name}-{preset}", cases, suite=suite.name, preset=preset,
                                        device=device, results_dir=args.results_dir,
                                        threads=args.threads or suite.threads.get(preset), progress=not args.quiet))
@@ -184,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--suite", help="suite name, or several separated by commas (one run each)")
     p.add_argument("--preset")
     p.add_argument("--backends", help="only these backends (comma-separated)")
+    p.add_argument("--ops", help="only the cases of these ops (comma-separated)")
     p.add_argument("--resume", metavar="RUN", help="run folder, run id or 'latest' to finish")
     p.add_argument("--threads", type=int)
     p.add_argument("--report", action="store_true", help="write the report when done")

@@ -66,10 +66,19 @@ def prepare(case: Case, backend_name: str, seed: int = 0):
         return {"status": status, "reason": "; ".join(why)}, None, op, problem
     checked = problem.replace(**case.check_params)
     inputs, expected = _inputs_and_reference(case.op, checked, seed)
+    configs = _triton_configs() if backend.kind == "triton" else None
+    if configs is not None:
+        configs.clear()
     result = check(backend, checked, inputs=inputs, expected=expected)
     fields: dict[str, Any] = {"rel_error": result.rel_error, "tolerance": result.tolerance}
+    if configs:
+        fields["kernel_configs"] = "; ".join(f"{name}: {config}" for name, config in configs.items())
     if case.check_params:
         fields["checked_at"] = ",".join(f"{k}={v}" for k, v in case.check_params.items())
+    else:
+        # The check made the first call at this problem (compile and autotune included); the
+        # timing's own first call, made after it, would hide that cost.
+        fields["first_call_ms"] = result.call_ms
     if not result.passed:
         # A wrong result is never reported as a speed.
         return {**fields, "status": "incorrect", "reason": result.describe()}, None, op, problem
@@ -82,6 +91,12 @@ def prepare(case: Case, backend_name: str, seed: int = 0):
     return fields, call, op, problem
 
 
+def _triton_configs() -> dict[str, str]:
+    from ..kernels.triton.common import LAST_CONFIGS
+
+    return LAST_CONFIGS
+
+
 def timing_fields(op, problem, timing: Timing) -> dict[str, Any]:
     stats = timing.stats()
     seconds = stats["median_ms"] * 1e-3
@@ -90,13 +105,19 @@ def timing_fields(op, problem, timing: Timing) -> dict[str, Any]:
             "gbps": op.bytes_moved(problem) / seconds / 1e9, "tflops": op.flops(problem) / seconds / 1e12}
 
 
+def _add_timing(fields: dict[str, Any], timed: dict[str, Any]) -> dict[str, Any]:
+    """The row's fields with the timing's added; a first call already recorded by the check is
+    kept (it was the cold one)."""
+    return {**fields, **{k: v for k, v in timed.items() if k not in fields}}
+
+
 def _run_op(case: Case, backend_name: str, seed: int) -> dict[str, Any]:
     fields, call, op, problem = prepare(case, backend_name, seed)
     if call is None:
         return fields
     timing = measure(call, problem.device, min_repeats=case.min_repeats, max_repeats=case.max_repeats,
                      budget_s=case.budget_s)
-    return {**fields, **timing_fields(op, problem, timing)}
+    return _add_timing(fields, timing_fields(op, problem, timing))
 
 
 def _interleaved(case: Case, seed: int) -> list[dict[str, Any]]:
@@ -126,7 +147,7 @@ def _interleaved(case: Case, seed: int) -> list[dict[str, Any]]:
         return list(rows.values())
     for name, timing in timings.items():
         if name in rows:
-            rows[name].update(timing_fields(op, problem, timing), interleaved=True)
+            rows[name] = {**_add_timing(rows[name], timing_fields(op, problem, timing)), "interleaved": True}
     if case.stability:
         again = timings[f"{first}#again"]
         rows[first]["self_spread"] = again.median_ms / timings[first].median_ms - 1

@@ -29,7 +29,7 @@ PARAM_EXCLUDE = set(TIMING_COLUMNS) | {
     "schema_version", "run_id", "case_id", "suite", "op", "fn", "series", "samples_ms", "elapsed_s",
     "threads", "tolerance", "mean_ms", "min_ms", "n_samples", "warmup_calls", "hot_cache", "bytes",
     "flops", "exps", "peak_mem_bytes", "fingerprint", "preset", "cpu_model", "gpu_name", "parent_case_id",
-    "interleaved", "self_spread", "self_p"}
+    "interleaved", "self_spread", "self_p", "kernel_configs"}
 
 
 def _varying_params(rows: pd.DataFrame) -> list[str]:

@@ -4,9 +4,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..suites.base import Case
-from .env import environment, fingerprint_id, measure_ceilings
+from .env import environment, fingerprint_diff, fingerprint_id, measure_ceilings
 from .runner import Summary, run_cases
-from .store import Run, default_results_dir, resolve_runs
+from .store import ResultsError, Run, default_results_dir, resolve_runs
 
 
 def start_run(label: str, cases: list[Case], *, suite: str, preset: str, device: str = "cpu",
@@ -27,5 +27,12 @@ def resume_run(spec: str, *, results_dir: Path | None = None, threads: int | Non
                progress: bool = True) -> Summary:
     (path,) = resolve_runs([spec], results_dir)
     run = Run(path)
+    here = environment()
+    if fingerprint_id(here) != run.manifest["fingerprint"]:
+        # Rows of one run must be comparable: finishing it elsewhere would mix two machines.
+        differs = "; ".join(f"{k}: {a!r} there, {b!r} here"
+                            for k, (a, b) in fingerprint_diff(run.manifest["environment"], here).items())
+        raise ResultsError(f"{path}: measured on another machine or software stack ({differs}); "
+                           f"start a new run instead of resuming this one")
     return run_cases(run, threads=threads or run.manifest["environment"].get("torch_threads"),
                      progress=progress)

@@ -11,14 +11,16 @@ from .base import Case, Suite
 from .common import CPU_THREADS
 
 GPU_LENGTHS = [2**12, 2**13, 2**14, 2**15, 2**16]
-# Backends that loop over L in Python: beyond this length they take seconds per call and say
-# nothing new.
+# Backends that loop over L in Python (torch_fast too: one fused op per step): beyond this length
+# they take seconds per call and say nothing new.
 LOOP_MAX_LEN = 2**13
-LOOPS = {"selective_scan": ("torch", "mambapy_seq", "transformers", "mamba_ssm_ref"), "ssd": ("torch",)}
+LOOPS = {"selective_scan": ("torch", "torch_fast", "mambapy_seq", "transformers", "mamba_ssm_ref"),
+         "ssd": ("torch",)}
 
-
-# Attention's float64 reference holds (L x L) scores per head: long ones are checked at this length.
-ATTENTION_CHECK_LEN = 4096
+# Longer problems are checked against the float64 reference at this length (the row says so in
+# checked_at): attention's reference holds (L x L) scores per head, and the scans' references are
+# step-by-step loops that take seconds per problem beyond it.
+CHECK_MAX_LEN = {"attention": ("seqlen_q", 4096), "selective_scan": ("seqlen", 2**14), "ssd": ("seqlen", 2**14)}
 
 
 def _cases(problems: dict[str, list[dict]], budget_s: float, timeout_s: float) -> list[Case]:
@@ -32,8 +34,8 @@ def _cases(problems: dict[str, list[dict]], budget_s: float, timeout_s: float) -
                     continue
                 if backend.name in LOOPS.get(op_name, ()) and problem.params().get("seqlen", 0) > LOOP_MAX_LEN:
                     continue
-                check = ({"seqlen_q": ATTENTION_CHECK_LEN}
-                         if op_name == "attention" and params.get("seqlen_q", 0) > ATTENTION_CHECK_LEN else {})
+                length, most = CHECK_MAX_LEN.get(op_name, ("", 0))
+                check = {length: most} if most and params.get(length, 0) > most else {}
                 cases.append(Case(suite="kernels", op=op_name, backend=backend.name, params=problem.params(),
                                   series=backend.name, budget_s=budget_s, timeout_s=timeout_s,
                                   check_params=check))

@@ -91,6 +91,11 @@ std::vector<at::Tensor> selective_scan_fwd(const at::Tensor& u, const at::Tensor
     p.last_state = last.data_ptr<float>();
     result.push_back(last);
   }
+  at::Tensor workspace;
+  if (const size_t bytes = ssmbench::selective_scan_workspace_bytes(p)) {
+    workspace = at::empty({int64_t(bytes / sizeof(float))}, u.options().dtype(at::kFloat));
+    p.workspace = workspace.data_ptr<float>();
+  }
   run(ssmbench::selective_scan_fwd(p, reinterpret_cast<void*>(stream)), "selective_scan");
   return result;
 }

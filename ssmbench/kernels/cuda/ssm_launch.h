@@ -3,6 +3,7 @@
 // the kernels compile with nvcc alone and the binding with the host compiler alone.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 
 namespace ssmbench {
@@ -17,6 +18,7 @@ constexpr int kMaxDState = 256;
 // u, delta, z, out: (batch, dim, seqlen); A: (dim, dstate); B, C: (batch, groups, dstate, seqlen);
 // D, delta_bias: (dim,); last_state: (batch, dim, dstate). A, D, delta_bias and last_state are
 // float32; the others are of type `dtype`. Optional pointers are null when absent.
+// workspace: selective_scan_workspace_bytes(params) bytes of device memory (null when that is 0).
 struct ScanParams {
   int batch, dim, dstate, seqlen, groups;
   DType dtype;
@@ -31,6 +33,7 @@ struct ScanParams {
   bool delta_softplus;
   void* out;
   float* last_state;
+  float* workspace;
 };
 
 // One decode step, state updated in place. Mamba-1 is the case heads = groups = 1.
@@ -57,6 +60,8 @@ struct StateUpdateParams {
 // Each launcher enqueues its kernel on `stream` (a cudaStream_t) and returns null, or the text of
 // the error that stopped it.
 const char* selective_scan_fwd(const ScanParams& params, void* stream);
+// Scratch memory the scan needs for these sizes on the current device (0 when none).
+size_t selective_scan_workspace_bytes(const ScanParams& params);
 const char* selective_state_update(const StateUpdateParams& params, void* stream);
 
 }  // namespace ssmbench

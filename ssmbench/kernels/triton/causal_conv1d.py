@@ -111,7 +111,7 @@ _CONV = Launcher(
     configs=[triton.Config({"BLOCK_D": d, "BLOCK_L": l}, num_warps=4)
              for d, l in ((16, 64), (32, 64), (16, 128), (32, 128), (64, 64), (8, 256))],
     key=["dim", "seqlen"],
-    interpreted={"BLOCK_D": 4, "BLOCK_L": 16},
+    fixed={"BLOCK_D": 4, "BLOCK_L": 16},
 )
 
 _UPDATE = Launcher(
@@ -119,7 +119,7 @@ _UPDATE = Launcher(
     configs=[triton.Config({"BLOCK_D": d, "BLOCK_L": l, "BLOCK_S": 8}, num_warps=w)
              for d in (32, 64, 128, 256) for l in (1, 8) for w in (1, 4)],
     key=["dim", "seqlen", "state_len"],
-    interpreted={"BLOCK_D": 4, "BLOCK_L": 4, "BLOCK_S": 4},
+    fixed={"BLOCK_D": 4, "BLOCK_L": 4, "BLOCK_S": 4},
     restore_value=("state_ptr",),
 )
 

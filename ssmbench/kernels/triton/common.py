@@ -2,7 +2,9 @@
 
 On the GPU a kernel is autotuned over a few block sizes, keyed on the problem sizes. Under the
 interpreter (TRITON_INTERPRET=1, numpy on the CPU) it runs one fixed, small config instead:
-autotuning there would run every candidate several times, at a crawl. Triton decides between
+autotuning there would run every candidate several times, at a crawl. ``SSMBENCH_TRITON_AUTOTUNE=0``
+runs that fixed config compiled on the GPU too: each new shape then costs one compile rather than
+one per candidate, which is what a correctness sweep over many small shapes wants. Triton decides between
 compiling and interpreting when ``@triton.jit`` runs, i.e. when a kernel module is imported (it
 reads the variable then, not at ``import triton``), so the launcher asks the kernel object which
 one it got rather than re-reading the environment.
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 from functools import cached_property
 from typing import Callable, Mapping
 
@@ -44,8 +47,21 @@ def prune_to_budget(tile: Callable[[Mapping[str, int]], int], budget: int, least
     return prune
 
 
+# The block sizes each kernel ran with at its latest launch (autotuned or fixed), by kernel name:
+# what a benchmark row records next to the time.
+LAST_CONFIGS: dict[str, str] = {}
+
+
+def _describe(config: Mapping[str, int] | triton.Config) -> str:
+    if isinstance(config, triton.Config):
+        return ", ".join([*(f"{k}={v}" for k, v in config.kwargs.items()),
+                          f"warps={config.num_warps}", f"stages={config.num_stages}"])
+    return ", ".join(f"{k}={v}" for k, v in config.items()) + " (fixed)"
+
+
 class Launcher:
-    """A ``@triton.jit`` kernel with its GPU autotuning candidates and its interpreter config.
+    """A ``@triton.jit`` kernel with its GPU autotuning candidates and its fixed config (used
+    interpreted, or compiled when autotuning is switched off).
 
     ``launcher[grid](*args, **kwargs)`` launches it like the kernel itself; ``grid`` may be a
     function of the chosen config's block sizes, as with ``triton.autotune``.
@@ -53,17 +69,21 @@ class Launcher:
     """
 
     def __init__(self, kernel, configs: list[triton.Config], key: list[str],
-                 interpreted: Mapping[str, int], prune=None, restore_value: tuple[str, ...] = ()):
+                 fixed: Mapping[str, int], prune=None, restore_value: tuple[str, ...] = ()):
         self.kernel = kernel
         self.configs = configs
         self.key = key
-        self.interpreted = dict(interpreted)
+        self.fixed = dict(fixed)
         self.prune = prune
         self.restore_value = list(restore_value)
 
     @property
     def interpreting(self) -> bool:
         return isinstance(self.kernel, InterpretedFunction)
+
+    @staticmethod
+    def autotuning() -> bool:
+        return os.environ.get("SSMBENCH_TRITON_AUTOTUNE", "1") != "0"
 
     @cached_property
     def tuned(self):
@@ -74,13 +94,17 @@ class Launcher:
 
     def __getitem__(self, grid):
         def launch(*args, **kwargs):
-            if self.interpreting:
-                return self.kernel[grid](*args, **kwargs, **self.interpreted)
             device = next(a.device for a in args if isinstance(a, torch.Tensor))
             # Triton launches on the current CUDA device; the tensors may live on another one.
             guard = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+            name = self.kernel.fn.__name__
             with guard:
-                return self.tuned[grid](*args, **kwargs)
+                if self.interpreting or not self.autotuning():
+                    LAST_CONFIGS[name] = _describe(self.fixed)
+                    return self.kernel[grid](*args, **kwargs, **self.fixed)
+                result = self.tuned[grid](*args, **kwargs)
+                LAST_CONFIGS[name] = _describe(self.tuned.best_config)
+                return result
         return launch
 
 

@@ -85,7 +85,7 @@ _KERNEL = Launcher(
     key=["headdim", "dstate"],
     # Small tiles too: a decode step at batch 1 has few rows to spread over the GPU.
     prune=prune_to_budget(_tile, _BUDGET, least=256),
-    interpreted={"BLOCK_P": 4},
+    fixed={"BLOCK_P": 4},
     # Autotuning runs the kernel several times; each run must see the original state.
     restore_value=("state_ptr",),
 )

@@ -283,25 +283,26 @@ def _configs(*candidates: dict) -> list[triton.Config]:
             for c in candidates]
 
 
-# Under the interpreter, large tiles: few numpy programs, each vectorised.
-_INTERPRETED_TILES = dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64)
+# Large tiles: under the interpreter, few numpy programs, each vectorised; on the GPU, one
+# config that suits every shape.
+_FIXED_TILES = dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64)
 
 _CB = Launcher(
     _cb_kernel,
     _configs(dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32), dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=32, warps=8),
              dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, stages=4)),
-    key=["CHUNK", "dstate", "DOT_PRECISION"], interpreted=_INTERPRETED_TILES,
+    key=["CHUNK", "dstate", "DOT_PRECISION"], fixed=_FIXED_TILES,
 )
 _CHUNK_STATE = Launcher(
     _chunk_state_kernel,
     _configs(dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32), dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=32, warps=8),
              dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, warps=8)),
-    key=["CHUNK", "hdim", "dstate", "DOT_PRECISION"], interpreted=_INTERPRETED_TILES,
+    key=["CHUNK", "hdim", "dstate", "DOT_PRECISION"], fixed=_FIXED_TILES,
 )
 _STATE_PASSING = Launcher(
     _state_passing_kernel,
     _configs(dict(BLOCK=256), dict(BLOCK=1024, warps=8)),
-    key=["state_size"], interpreted=dict(BLOCK=1024),
+    key=["state_size"], fixed=dict(BLOCK=1024),
     # It rewrites the states in place: each autotuning trial must start from the same ones.
     restore_value=("states_ptr",),
 )
@@ -310,7 +311,7 @@ _CHUNK_SCAN = Launcher(
     _configs(dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32), dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=32, warps=8),
              dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, stages=4),
              dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=32, warps=8)),
-    key=["CHUNK", "hdim", "dstate", "DOT_PRECISION"], interpreted=_INTERPRETED_TILES,
+    key=["CHUNK", "hdim", "dstate", "DOT_PRECISION"], fixed=_FIXED_TILES,
 )
 
 

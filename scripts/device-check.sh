@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # On a lent GPU: correctness of every GPU backend, then a short comparison of all backends per op
-# (the kernels suite, gpu preset), in about 6 minutes. Installs nothing: backends whose packages
+# (the kernels suite, gpu preset), in about 7 minutes. Installs nothing: backends whose packages
 # are absent are listed with their reasons (packages carried as files can be put on PYTHONPATH).
 # Writes under $OUT when set, else ./device-out. Each step has its own time limit, so a slow or
 # hung step costs its own time only; the benchmark keeps every case finished before its limit.
@@ -21,7 +21,7 @@ pytest_args=(-q -p no:cacheprovider -p no:hypothesispytest -p no:benchmark --tb=
 $py -c 'import pytest_timeout' 2>/dev/null && pytest_args+=(--timeout "${TEST_TIMEOUT:-90}")
 # Compiling the kernels for each new shape takes the CPU most of a test's time: spread the tests
 # over processes where pytest-xdist is there.
-$py -c 'import xdist' 2>/dev/null && pytest_args+=(-n "${TEST_WORKERS:-12}")
+$py -c 'import xdist' 2>/dev/null && pytest_args+=(-n "${TEST_WORKERS:-16}")
 # A step past its limit gets SIGINT, so that pytest and the runner still print what they have.
 limit() { timeout -s INT -k 15 "$@"; }
 
@@ -43,7 +43,7 @@ $py -c 'import torch, triton; print("torch", torch.__version__, "cuda", torch.ve
 build_job=$!
 
 step "correctness of every backend on CUDA (fp32, bf16; Triton at its fixed config)"
-SSMBENCH_TRITON_AUTOTUNE=0 limit "${CHECK_TIMEOUT:-130}" $py -m pytest "${pytest_args[@]}" tests/test_correctness.py -k cuda \
+SSMBENCH_TRITON_AUTOTUNE=0 limit "${CHECK_TIMEOUT:-100}" $py -m pytest "${pytest_args[@]}" tests/test_correctness.py -k cuda \
     2>&1 | tee "$OUT/correctness.txt" | tail -n 40
 
 step "build of our CUDA extension"
@@ -54,13 +54,13 @@ step "backends"
 $cli list --device cuda | tee "$OUT/backends.txt"
 
 step "GPU tests of our CUDA extension and Triton kernels (autotuned)"
-limit "${KERNEL_TEST_TIMEOUT:-70}" $py -m pytest "${pytest_args[@]}" tests/test_cuda_ext.py tests/test_triton.py \
+limit "${KERNEL_TEST_TIMEOUT:-50}" $py -m pytest "${pytest_args[@]}" tests/test_cuda_ext.py tests/test_triton.py \
     tests/test_triton_ssd.py 2>&1 | tee "$OUT/kernel-tests.txt" | tail -n 30
 
 # One run per op, each with its own time slice, so that a slow op (first calls of third-party
 # kernels autotune for tens of seconds) cannot starve the others. Slices in seconds:
 # BENCH_SLICES="op:seconds ..."; BENCH_BACKENDS=a,b limits the backends.
-for slice in ${BENCH_SLICES:-selective_scan:70 ssd:110 selective_state_update:25 causal_conv1d,causal_conv1d_update:30 attention:40}; do
+for slice in ${BENCH_SLICES:-selective_scan:50 ssd:120 selective_state_update:20 causal_conv1d,causal_conv1d_update:25 attention:30}; do
     ops=${slice%%:*}
     step "benchmark: kernels suite, gpu preset, $ops (${slice##*:} s)"
     limit "${slice##*:}" $cli run --suite kernels --preset gpu --ops "$ops" \

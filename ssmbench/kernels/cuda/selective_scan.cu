@@ -286,7 +286,11 @@ const char* selective_scan_fwd(const ScanParams& p, void* stream) {
 }
 
 size_t selective_scan_workspace_bytes(const ScanParams& p) {
-  if (p.batch == 0 || p.dim == 0 || p.seqlen == 0 || p.dstate < 1 || p.dstate > kMaxDState) return 0;
+  // Sizes selective_scan_fwd refuses or has nothing to do for need no scratch.
+  if (p.batch == 0 || p.dim == 0 || p.seqlen == 0 || p.dstate < 1 || p.dstate > kMaxDState ||
+      p.groups < 1 || p.dim % p.groups != 0) {
+    return 0;
+  }
   return sizeof(float) * Segments::floats(p, plan(p));
 }
 

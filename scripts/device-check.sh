@@ -7,11 +7,15 @@
 # Step limits in seconds: CHECK_TIMEOUT, KERNEL_TEST_TIMEOUT, BENCH_SLICES (see below).
 set -uo pipefail
 cd "$(dirname "$0")/.."
+python3 -c 'import torch, sys; sys.exit(not torch.cuda.is_available())' || {
+    echo "device-check: torch sees no CUDA GPU on this machine; this script is for a machine with one" >&2
+    exit 2
+}
 OUT=${OUT:-$PWD/device-out}
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 # Build our CUDA extension for this GPU only (faster), in a cache that later calls reuse.
-export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-$(python3 -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())' 2>/dev/null)}
+export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-$(python3 -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())')}
 export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-/tmp/ssmbench-extensions}
 export MAX_JOBS=${MAX_JOBS:-16}
 py=python3
@@ -26,11 +30,6 @@ $py -c 'import xdist' 2>/dev/null && pytest_args+=(-n "${TEST_WORKERS:-16}")
 limit() { timeout -s INT -k 15 "$@"; }
 
 step() { printf '\n== %s (%(%T)T)\n' "$1" -1; }
-
-$py -c 'import torch, sys; sys.exit(not torch.cuda.is_available())' || {
-    echo "device-check: torch sees no CUDA GPU on this machine; this script is for a machine with one" >&2
-    exit 2
-}
 
 step "GPU and software"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,memory.total --format=csv | tee "$OUT/gpu.txt"

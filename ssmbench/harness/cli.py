@@ -88,15 +88,16 @@ def cmd_run(args) -> int:
         if not args.suite:
             raise ValueError("--suite is required unless --resume names a run")
         suites = [get_suite(name) for name in args.suite.split(",")]  # all names checked first
+        ops = _names(args.ops, "--ops", OP_NAMES) if args.ops else None
+        keep = (_names(args.backends, "--backends", {name for op in OP_NAMES for name in backends(op)})
+                if args.backends else None)
         summaries = []
         for suite in suites:
             preset = args.preset or suite.default_preset
             cases = suite.cases(preset)
-            if args.ops:
-                cases = [c for c in cases if c.op in _names(args.ops, "--ops", OP_NAMES)]
-            if args.backends:
-                known = {name for op in OP_NAMES for name in backends(op)}
-                keep = _names(args.backends, "--backends", known)
+            if ops:
+                cases = [c for c in cases if c.op in ops]
+            if keep:
                 cases = [c for c in cases if not c.backend or c.backend in keep]
             device = "cuda" if any(c.params.get("device") == "cuda" for c in cases) else "cpu"
             if device == "cuda":

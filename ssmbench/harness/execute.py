@@ -66,13 +66,13 @@ def prepare(case: Case, backend_name: str, seed: int = 0):
         return {"status": status, "reason": "; ".join(why)}, None, op, problem
     checked = problem.replace(**case.check_params)
     inputs, expected = _inputs_and_reference(case.op, checked, seed)
-    configs = _triton_configs() if backend.kind == "triton" else None
-    if configs is not None:
-        configs.clear()
+    triton_kernels = _triton_common() if backend.kind == "triton" else None
+    if triton_kernels:
+        triton_kernels.LAST_CONFIGS.clear()
     result = check(backend, checked, inputs=inputs, expected=expected)
     fields: dict[str, Any] = {"rel_error": result.rel_error, "tolerance": result.tolerance}
-    if configs:
-        fields["kernel_configs"] = "; ".join(f"{name}: {config}" for name, config in configs.items())
+    if triton_kernels and triton_kernels.LAST_CONFIGS:
+        fields["kernel_configs"] = triton_kernels.describe_configs(triton_kernels.LAST_CONFIGS)
     if case.check_params:
         fields["checked_at"] = ",".join(f"{k}={v}" for k, v in case.check_params.items())
     else:
@@ -91,10 +91,11 @@ def prepare(case: Case, backend_name: str, seed: int = 0):
     return fields, call, op, problem
 
 
-def _triton_configs() -> dict[str, str]:
-    from ..kernels.triton.common import LAST_CONFIGS
+def _triton_common():
+    # Imported only for a Triton backend: triton is optional.
+    from ..kernels.triton import common
 
-    return LAST_CONFIGS
+    return common
 
 
 def timing_fields(op, problem, timing: Timing) -> dict[str, Any]:

@@ -7,10 +7,11 @@
 // chunk's outputs back coalesced.
 //
 // With few channels (batch x dim small) that leaves too few blocks, each a long serial chain, to
-// keep the GPU's loads in flight. The sequence is then cut into segments, as in the Triton
-// kernel (kernels/triton/selective_scan.py): each segment is scanned from a zero state keeping
-// its final state and sum of delta; a second kernel chains the segments' states; the scan then
-// runs again from each segment's entering state and writes the outputs.
+// keep the GPU's loads in flight. The sequence is then cut into segments: each segment is
+// scanned from a zero state keeping its final state and sum of delta; a second kernel chains the
+// segments' states; the scan then runs again from each segment's entering state and writes the
+// outputs. (The Triton kernel does not: there a second pass cost more than it gained, see
+// kernels/triton/selective_scan.py.)
 #include <algorithm>
 
 #include "common.cuh"
@@ -34,7 +35,6 @@ struct ScanLayout {
   int rows;         // channels per block
   int chunk;        // steps staged per pass
   int span_groups;  // B/C groups one block's channels can touch
-  int threads;
   int seg_len, n_segs;
 
   size_t smem_bytes() const {
@@ -219,13 +219,12 @@ ScanLayout plan(const ScanParams& p) {
   lay.lanes = lanes_for(p.dstate, states_per_lane(p.dstate));
   lay.rows = kBlockThreads / lay.lanes;
   while (lay.rows > 1 && lay.rows / 2 >= p.dim) lay.rows /= 2;
-  // With few channels, smaller blocks keep more multiprocessors busy (down to one warp).
+  // With few channels, fewer channels per block keep more multiprocessors busy (down to one
+  // warp's worth). Every block still has kBlockThreads threads to stage its chunks: staging is a
+  // chain of dependent global loads, and more threads put more of them in flight.
   const int sms = multiprocessors();
   auto blocks = [&](int rows) { return size_t(p.batch) * ((p.dim + rows - 1) / rows); };
   while (lay.rows * lay.lanes > 32 && blocks(lay.rows) < size_t(2 * sms)) lay.rows /= 2;
-  // Every block stages its chunks with kBlockThreads threads, also when fewer hold channels:
-  // staging is a chain of dependent global loads, and more threads put more of them in flight.
-  lay.threads = kBlockThreads;
   const int per_group = p.dim / p.groups;
   lay.span_groups = std::min(p.groups, (lay.rows + per_group - 2) / per_group + 1);
   for (lay.chunk = kMaxChunk; lay.chunk > 1 && lay.smem_bytes() > kSmemBytes; lay.chunk /= 2) {
@@ -259,7 +258,7 @@ const char* launch(const ScanParams& p, const ScanLayout& lay, cudaStream_t stre
   auto scan = [&](Segments pass) {
     return dispatch_dtype(p.dtype, [&](auto tag) -> const char* {
       using T = decltype(tag);
-      selective_scan_fwd_kernel<T, kStates><<<grid, lay.threads, lay.smem_bytes(), stream>>>(p, lay, pass);
+      selective_scan_fwd_kernel<T, kStates><<<grid, kBlockThreads, lay.smem_bytes(), stream>>>(p, lay, pass);
       return launch_status();
     });
   };

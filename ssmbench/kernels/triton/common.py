@@ -47,16 +47,20 @@ def prune_to_budget(tile: Callable[[Mapping[str, int]], int], budget: int, least
     return prune
 
 
-# The block sizes each kernel ran with at its latest launch (autotuned or fixed), by kernel name:
-# what a benchmark row records next to the time.
-LAST_CONFIGS: dict[str, str] = {}
+# The config each kernel ran with at its latest launch (autotuned or fixed), by kernel name:
+# what a benchmark row records next to the time. Kept as objects; launches are timed, and only
+# describe_configs() formats them.
+LAST_CONFIGS: dict[str, Mapping[str, int] | triton.Config] = {}
 
 
-def _describe(config: Mapping[str, int] | triton.Config) -> str:
-    if isinstance(config, triton.Config):
-        return ", ".join([*(f"{k}={v}" for k, v in config.kwargs.items()),
-                          f"warps={config.num_warps}", f"stages={config.num_stages}"])
-    return ", ".join(f"{k}={v}" for k, v in config.items()) + " (fixed)"
+def describe_configs(configs: Mapping[str, Mapping[str, int] | triton.Config]) -> str:
+    """"kernel: BLOCK_D=4, ..., warps=4, stages=3; ..." (a fixed config is marked so)."""
+    def one(config) -> str:
+        if isinstance(config, triton.Config):
+            return ", ".join([*(f"{k}={v}" for k, v in config.kwargs.items()),
+                              f"warps={config.num_warps}", f"stages={config.num_stages}"])
+        return ", ".join(f"{k}={v}" for k, v in config.items()) + " (fixed)"
+    return "; ".join(f"{name}: {one(config)}" for name, config in configs.items())
 
 
 class Launcher:
@@ -71,6 +75,7 @@ class Launcher:
     def __init__(self, kernel, configs: list[triton.Config], key: list[str],
                  fixed: Mapping[str, int], prune=None, restore_value: tuple[str, ...] = ()):
         self.kernel = kernel
+        self.name = kernel.fn.__name__
         self.configs = configs
         self.key = key
         self.fixed = dict(fixed)
@@ -97,13 +102,12 @@ class Launcher:
             device = next(a.device for a in args if isinstance(a, torch.Tensor))
             # Triton launches on the current CUDA device; the tensors may live on another one.
             guard = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
-            name = self.kernel.fn.__name__
             with guard:
                 if self.interpreting or not self.autotuning():
-                    LAST_CONFIGS[name] = _describe(self.fixed)
+                    LAST_CONFIGS[self.name] = self.fixed
                     return self.kernel[grid](*args, **kwargs, **self.fixed)
                 result = self.tuned[grid](*args, **kwargs)
-                LAST_CONFIGS[name] = _describe(self.tuned.best_config)
+                LAST_CONFIGS[self.name] = self.tuned.best_config
                 return result
         return launch
 

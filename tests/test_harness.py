@@ -14,6 +14,7 @@ import torch
 import ssmbench
 from ssmbench.harness import cli
 from ssmbench.harness.check import check
+from ssmbench.harness import execute as execute_module
 from ssmbench.harness.execute import execute
 from ssmbench.harness.runner import run_cases
 from ssmbench.harness.store import ResultsError, Run, load_runs
@@ -101,6 +102,23 @@ def test_first_call_is_the_cold_one(monkeypatch):
     assert row["status"] == "ok", row["reason"]
     assert row["first_call_ms"] >= 300
     assert max(row["samples_ms"]) < 300
+
+
+def test_cases_of_one_problem_draw_inputs_and_reference_once(monkeypatch):
+    """Backends of one long problem, checked at a shorter length, share its inputs and the
+    reference: each is drawn once, not once per backend."""
+    op = get_op("selective_scan")
+    drawn, referenced = [], []
+    reference = execute_module.reference_outputs
+    counted = dataclasses.replace(op, make_inputs=lambda p, g: drawn.append(p.seqlen) or op.make_inputs(p, g))
+    monkeypatch.setattr(execute_module, "get_op", lambda name: counted)
+    monkeypatch.setattr(execute_module, "reference_outputs", lambda p, i: referenced.append(p.seqlen) or reference(p, i))
+    params = op.default_problem.replace(seqlen=128).params()
+    for backend in ("torch", "torch_fast", "torch"):
+        (row,) = execute(Case(suite="t", op="selective_scan", backend=backend, params=params,
+                              check_params={"seqlen": 32}, budget_s=0.02))
+        assert row["status"] == "ok" and row["checked_at"] == "seqlen=32", row["reason"]
+    assert sorted(drawn) == [32, 128] and referenced == [32]
 
 
 def perturbed(backend, scale):
@@ -293,3 +311,22 @@ def test_timing_statistics():
     assert 5 <= t.n <= 20 and t.first_call_ms > 0
     lo, hi = median_ci(list(range(100)))
     assert lo < 49.5 < hi and hi - lo < 30
+
+
+def _device_check(**env):
+    script = Path(__file__).parents[1] / "scripts" / "device-check.sh"
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    return subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PATH": path, **env})
+
+
+def test_device_check_names_an_unknown_step():
+    done = _device_check(STEPS="tests bnech")
+    assert done.returncode == 2 and "STEPS: unknown step 'bnech'; expected tests and/or bench" in done.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the answer on a machine without a GPU")
+def test_device_check_says_it_needs_a_gpu(tmp_path):
+    done = _device_check(OUT=str(tmp_path))
+    assert done.returncode == 2 and "torch sees no CUDA GPU on this machine" in done.stderr
+    assert not list(tmp_path.iterdir())

@@ -67,6 +67,20 @@ def test_gpu_presets_use_the_papers_sizes():
     assert {c.params["seqlen"] for c in n_sweep} == {4096}
 
 
+def test_kernel_tables_and_the_device_checks_short_comparison():
+    full = get_suite("kernels").cases("gpu")
+
+    def sizes(op):
+        return {(c.params["dstate"], c.params["seqlen"]) for c in full if c.op == op and c.params["dtype"] == "bfloat16"}
+
+    assert sizes("selective_scan") == {(16, 2**k) for k in range(12, 17)}
+    assert sizes("ssd") == {(n, 2**k) for n in (64, 128) for k in range(12, 17)}
+    # The short comparison is part of the tables: every op, every backend, fewer sizes.
+    quick = get_suite("kernels").cases("gpu-quick")
+    assert {c.case_id for c in quick} < {c.case_id for c in full}
+    assert {(c.op, c.backend) for c in quick} == {(c.op, c.backend) for c in full}
+
+
 # Configs and caches.
 @pytest.mark.parametrize("model", MODELS.values(), ids=lambda m: m.name)
 def test_param_counts_round_to_the_published_sizes(model):

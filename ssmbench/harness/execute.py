@@ -83,7 +83,7 @@ def prepare(case: Case, backend_name: str, seed: int = 0):
         # A wrong result is never reported as a speed.
         return {**fields, "status": "incorrect", "reason": result.describe()}, None, op, problem
     if checked != problem:
-        inputs = op.make_inputs(problem, torch.Generator().manual_seed(seed))
+        inputs = _inputs(case.op, problem, seed)
     args = clone_args(inputs)
     call = lambda: backend(**args)  # noqa: E731
     if problem.device == "cuda":
@@ -162,19 +162,28 @@ def _two_sided_p(a: list[float], b: list[float]) -> float:
     return float(mannwhitneyu(a, b, alternative="two-sided").pvalue)
 
 
-# Cases of one problem usually follow each other (one per backend): the inputs and the float64
-# reference, slow to compute for long sequences, are kept for the next case of the same problem.
-_last_problem: dict[tuple, tuple] = {}
+# Cases of one problem usually follow each other (one per backend): its inputs (seconds to draw for
+# long sequences) and the float64 reference of the checked size (slower still) are kept for the
+# next case. One problem each: a long problem's inputs take gigabytes.
+_last_inputs: dict[tuple, dict] = {}
+_last_reference: dict[tuple, tuple] = {}
+
+
+def _inputs(op_name: str, problem, seed: int) -> dict:
+    key = (op_name, problem, seed)
+    if key not in _last_inputs:
+        _last_inputs.clear()
+        _last_inputs[key] = get_op(op_name).make_inputs(problem, torch.Generator().manual_seed(seed))
+    return _last_inputs[key]
 
 
 def _inputs_and_reference(op_name: str, problem, seed: int):
     key = (op_name, problem, seed)
-    if key not in _last_problem:
-        _last_problem.clear()
-        op = get_op(op_name)
-        inputs = op.make_inputs(problem, torch.Generator().manual_seed(seed))
-        _last_problem[key] = (inputs, reference_outputs(problem, inputs))
-    return _last_problem[key]
+    if key not in _last_reference:
+        _last_reference.clear()
+        inputs = _inputs(op_name, problem, seed)
+        _last_reference[key] = (inputs, reference_outputs(problem, inputs))
+    return _last_reference[key]
 
 
 def _cuda_peak_bytes(fn) -> int:

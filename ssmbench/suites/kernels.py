@@ -42,14 +42,14 @@ def _cases(problems: dict[str, list[dict]], budget_s: float, timeout_s: float) -
     return cases
 
 
-def _gpu(lengths: list[int], ssd_states: tuple[int, ...], ssd_fp32: bool, attention_lengths: list[int]) -> list[Case]:
+def _gpu(lengths: list[int], ssd_states: tuple[int, ...], fp32: bool, attention_lengths: list[int]) -> list[Case]:
     dev = {"device": "cuda"}
-    scan = [{**dev, "dtype": "bfloat16", "batch": 1, "dim": 1024, "dstate": 16, "seqlen": L} for L in lengths] + [
-            {**dev, "dtype": "float32", "batch": 1, "dim": 1024, "dstate": 16, "seqlen": 2**14}]
+    scan = [{**dev, "dtype": "bfloat16", "batch": 1, "dim": 1024, "dstate": 16, "seqlen": L} for L in lengths]
     ssd = [{**dev, "dtype": "bfloat16", "batch": 1, "nheads": 24, "headdim": 64, "dstate": n, "seqlen": L}
            for n in ssd_states for L in lengths]
-    if ssd_fp32:
-        ssd.append({**dev, "dtype": "float32", "batch": 1, "nheads": 24, "headdim": 64, "dstate": 128, "seqlen": 2**14})
+    if fp32:
+        scan.append({**scan[0], "dtype": "float32", "seqlen": 2**14})
+        ssd.append({**ssd[0], "dtype": "float32", "dstate": 128, "seqlen": 2**14})
     return _cases({
         "selective_scan": scan,
         "ssd": ssd,
@@ -63,14 +63,14 @@ def _gpu(lengths: list[int], ssd_states: tuple[int, ...], ssd_fp32: bool, attent
 
 def gpu() -> list[Case]:
     """The papers' kernel sizes: the full tables."""
-    return _gpu(GPU_LENGTHS, ssd_states=(64, 128), ssd_fp32=True, attention_lengths=[2**12, 2**14])
+    return _gpu(GPU_LENGTHS, ssd_states=(64, 128), fp32=True, attention_lengths=[2**12, 2**14])
 
 
 def gpu_quick() -> list[Case]:
     """The device check's short comparison: every backend of every op at the shortest and longest
-    length. Each new SSD state size or dtype costs third-party kernels tens of seconds of
-    autotuning, so SSD runs at n=64 in bf16 only (fp32 is covered by the GPU correctness tests)."""
-    return _gpu([GPU_LENGTHS[0], GPU_LENGTHS[-1]], ssd_states=(64,), ssd_fp32=False, attention_lengths=[2**12])
+    length, in bf16 (the GPU tests cover fp32). Each new SSD state size or dtype costs third-party
+    kernels tens of seconds of autotuning, so SSD runs at n=64 only."""
+    return _gpu([GPU_LENGTHS[0], GPU_LENGTHS[-1]], ssd_states=(64,), fp32=False, attention_lengths=[2**12])
 
 
 def cpu_small() -> list[Case]:

@@ -8,7 +8,7 @@
 # keeps every case finished before its limit.
 # Settings (environment):
 #   STEPS="tests bench"  which steps to run;
-#   TEST_LIMIT=110       seconds for the GPU tests;
+#   TEST_LIMIT=100       seconds for the GPU tests;
 #   BENCH_PRESET=gpu-quick, BENCH_SLICES="op[,op]:seconds ..." (below), BENCH_BACKENDS=a,b.
 # The full kernel tables: STEPS=bench BENCH_PRESET=gpu BENCH_SLICES="selective_scan:100 ssd:300".
 set -uo pipefail
@@ -58,7 +58,7 @@ if wants tests; then
     # candidate); the benchmark below checks each autotuned config against the reference before
     # timing it. The extension's own tests wait for the build's lock, in their worker only.
     step "GPU tests: every backend on CUDA (fp32, bf16), our CUDA extension, our Triton kernels"
-    SSMBENCH_TRITON_AUTOTUNE=0 limit "${TEST_LIMIT:-110}" $py -m pytest "${pytest_args[@]}" -k "cuda or not test_correctness" \
+    SSMBENCH_TRITON_AUTOTUNE=0 limit "${TEST_LIMIT:-100}" $py -m pytest "${pytest_args[@]}" -k "cuda or not test_correctness" \
         tests/test_correctness.py tests/test_cuda_ext.py tests/test_triton.py tests/test_triton_ssd.py \
         2>&1 | tee "$OUT/tests.txt" | tail -n 40
 fi
@@ -73,7 +73,7 @@ $cli list --device cuda | tee "$OUT/backends.txt"
 # One run per op, each with its own time slice, so that a slow op (first calls of third-party
 # kernels autotune for tens of seconds) cannot starve the others.
 if wants bench; then
-    for slice in ${BENCH_SLICES:-selective_scan:45 ssd:100 selective_state_update,causal_conv1d,causal_conv1d_update:30 attention:25}; do
+    for slice in ${BENCH_SLICES:-selective_scan:55 ssd:100 selective_state_update,causal_conv1d,causal_conv1d_update:30 attention:25}; do
         ops=${slice%%:*}
         step "benchmark: kernels suite, ${BENCH_PRESET:-gpu-quick} preset, $ops (${slice##*:} s)"
         limit "${slice##*:}" $cli run --suite kernels --preset "${BENCH_PRESET:-gpu-quick}" --ops "$ops" \

@@ -118,10 +118,33 @@ def test_scan_candidates_fit_the_budget(dstate):
 
     launcher = kernels._KERNEL
     kept = launcher.prune(launcher.configs, {"dstate": dstate}, BLOCK_N=kernels.block_size(dstate))
-    tiles = [c.kwargs["BLOCK_D"] * c.kwargs["BLOCK_L"] * kernels.block_size(dstate) for c in kept]
-    assert tiles
-    smallest = min(c.kwargs["BLOCK_D"] * c.kwargs["BLOCK_L"] for c in launcher.configs)
-    assert all(t <= kernels._BUDGET for t in tiles) or tiles == [smallest * kernels.block_size(dstate)]
+    assert kept
+    per_warp = [c.kwargs["BLOCK_D"] * c.kwargs["BLOCK_L"] * kernels.block_size(dstate) // c.num_warps for c in kept]
+    smallest = min(launcher.configs, key=lambda c: c.kwargs["BLOCK_D"] * c.kwargs["BLOCK_L"] // c.num_warps)
+    assert all(t <= kernels._BUDGET for t in per_warp) or kept == [smallest]
+
+
+def test_every_scan_chunk_length_computes_the_scan(monkeypatch):
+    """Each chunk length the GPU autotuner may pick at n=16 gives the reference's result over a
+    length that none divides, with channel blocks that 3 channels fill partly (run here at fixed
+    block sizes, the narrowest kept for each chunk length: the interpreter's time grows with the
+    tile; on the GPU the benchmark also checks the config picked)."""
+    from ssmbench.harness.check import reference_outputs
+    from ssmbench.kernels.triton import selective_scan as kernels
+
+    op, backend, problem = runnable("selective_scan", batch=1, dim=3, dstate=16, seqlen=260, return_last_state=True)
+    inputs = op.make_inputs(problem, torch.Generator().manual_seed(0))
+    expected = reference_outputs(problem, inputs)
+    launcher = kernels._KERNEL
+    narrowest = {}
+    for c in launcher.prune(launcher.configs, {"dstate": 16}, BLOCK_N=16):
+        narrowest[c.kwargs["BLOCK_L"]] = min(narrowest.get(c.kwargs["BLOCK_L"], 16), c.kwargs["BLOCK_D"])
+    assert sorted(narrowest) == [16, 32, 64, 128, 256]
+    monkeypatch.setenv("SSMBENCH_TRITON_AUTOTUNE", "0")
+    for chunk, channels in narrowest.items():
+        monkeypatch.setattr(launcher, "fixed", {"BLOCK_D": channels, "BLOCK_L": chunk})
+        result = check(backend, problem, inputs=inputs, expected=expected)
+        assert result.passed, f"BLOCK_D={channels}, BLOCK_L={chunk}: {result.describe()}"
 
 
 def test_rows_record_the_block_sizes_the_kernel_ran_with():

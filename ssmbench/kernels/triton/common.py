@@ -35,13 +35,13 @@ def silu(x):
 
 
 def prune_to_budget(tile: Callable[[Mapping[str, int]], int], budget: int, least: int):
-    """An ``early_config_prune`` keeping the configs whose tile (a function of the block sizes and
-    the launch's constexpr arguments) holds between ``least`` and ``budget`` elements: larger
-    ones spill registers, smaller ones waste time per program. Where none fits, the smallest
-    stays."""
+    """An ``early_config_prune`` keeping the configs whose tile (a function of the block sizes,
+    ``num_warps`` and the launch's constexpr arguments) holds between ``least`` and ``budget``
+    elements: larger ones spill registers, smaller ones waste time per program. Where none fits,
+    the smallest stays."""
     def prune(configs, named_args, **kwargs):
         def size(config):
-            return tile({**named_args, **kwargs, **config.kwargs})
+            return tile({**named_args, **kwargs, **config.kwargs, "num_warps": config.num_warps})
         fits = [c for c in configs if least <= size(c) <= budget]
         return fits or [min(configs, key=size)]
     return prune

@@ -10,8 +10,10 @@ y = C . h + D u, gated by silu(z), is written for the whole chunk at once.
 With few channels (b=1, d=1024) this leaves a few hundred programs, each a long serial chain.
 Cutting the sequence into segments (scan each from zero, chain the segments' states, scan again
 from the chained states) gives many more programs, and is what our CUDA kernel does; here it ran
-1.3x slower on an H100 (6.75 against 4.98 ms at L=65536, bf16): this kernel is bound by the
-arithmetic of its scan tiles, which the second pass doubles, not by too few programs.
+1.3x slower on an H100 (6.75 against 4.98 ms at L=65536, bf16): this kernel, with chunks of
+at most 64 steps then, was bound by the serial chain of its chunks and the arithmetic of its scan
+tiles, which the second pass doubles, not by too few programs. Chunks of up to 256 steps are now
+among the autotuning candidates; ``kernels/PERF.md`` says what is measured and what is not.
 """
 from __future__ import annotations
 
@@ -108,20 +110,23 @@ def selective_scan_fwd_kernel(
                  + offs_n[None, :] * stride_last_n, h, mask=mask_d[:, None] & mask_n[None, :])
 
 
-def _tile(c):
-    return product(c, "BLOCK_D", "BLOCK_N", "BLOCK_L")
+def _tile_per_warp(c):
+    return product(c, "BLOCK_D", "BLOCK_N", "BLOCK_L") // c["num_warps"]
 
 
-# Float32 elements of one (BLOCK_D, BLOCK_N, BLOCK_L) tile for 4 warps: about 32 a thread for
-# each of the few tiles alive at once.
-_BUDGET = 4096
+# Float32 elements of one (BLOCK_D, BLOCK_N, BLOCK_L) tile per warp: about 32 a thread for each of
+# the few tiles alive at once.
+_BUDGET = 1024
 
+# Long chunks (BLOCK_L of 128 and 256) make fewer serial steps per program, which is what a
+# program with few channels waits on; they get 8 warps too, to keep the tile per thread small.
 _KERNEL = Launcher(
     selective_scan_fwd_kernel,
     configs=[triton.Config({"BLOCK_D": d, "BLOCK_L": l}, num_warps=4)
-             for d in (1, 2, 4, 8, 16) for l in (16, 32, 64)],
+             for d in (1, 2, 4, 8, 16) for l in (16, 32, 64, 128, 256)]
+    + [triton.Config({"BLOCK_D": d, "BLOCK_L": l}, num_warps=8) for d in (1, 2, 4) for l in (128, 256)],
     key=["dim_per_group", "dstate", "seqlen"],
-    prune=prune_to_budget(_tile, _BUDGET, least=_BUDGET // 4),
+    prune=prune_to_budget(_tile_per_warp, _BUDGET, least=_BUDGET // 4),
     fixed={"BLOCK_D": 4, "BLOCK_L": 16},
 )
 

@@ -330,3 +330,27 @@ def test_device_check_says_it_needs_a_gpu(tmp_path):
     done = _device_check(OUT=str(tmp_path))
     assert done.returncode == 2 and "torch sees no CUDA GPU on this machine" in done.stderr
     assert not list(tmp_path.iterdir())
+
+
+def test_an_interrupt_stops_the_run_at_once_and_keeps_what_is_finished(tmp_path):
+    """SIGINT to the process group (Ctrl-C, the device check's step limits) while a long case
+    runs: the run stops within seconds, without the worker's traceback, and keeps the rows of the
+    cases finished before it."""
+    cases = [custom("sleep", seconds=0.0, tag=0), custom("sleep", seconds=60.0, tag=1),
+             custom("sleep", seconds=0.0, tag=2)]
+    run = new_run(tmp_path, cases)
+    code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r});"
+            f"from ssmbench.harness.store import Run; from ssmbench.harness.runner import run_cases;"
+            f"run_cases(Run({str(run.path)!r}), progress=False)")
+    proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=True, stderr=subprocess.PIPE, text=True)
+    rows_file = run.path / "rows.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (rows_file.exists() and rows_file.read_text().strip()):
+        time.sleep(0.1)
+    time.sleep(1.0)  # the long case is in flight
+    interrupted = time.time()
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert time.time() - interrupted < 5
+    assert proc.returncode != 0 and err.count("KeyboardInterrupt") == 1 and "harness_fixtures" not in err
+    assert list(load_runs(run.path)["tag"]) == [0]

@@ -22,6 +22,9 @@ _CONTEXT = mp.get_context("spawn")
 
 
 def _worker(conn, threads: int | None, env: dict[str, str]) -> None:
+    # An interrupt (Ctrl-C, or `timeout -s INT` on the process group) is the parent's to handle:
+    # it stops the worker, and the case in flight is simply not recorded.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.environ.update(env)
     import torch
 
@@ -128,6 +131,10 @@ def run_cases(run: Run, cases: Iterable[Case] | None = None, *, threads: int | N
                 if on_row:
                     on_row(row)
             bar.update(1)
+    except KeyboardInterrupt:
+        # The worker may be deep in a long case: it is not waited for.
+        worker.stop(kill=True)
+        raise
     finally:
         bar.close()
         worker.stop()

@@ -158,17 +158,24 @@ def test_unwritten_output_is_caught():
     assert not check(lazy, get_op("selective_scan").test_problems()[0]).passed
 
 
-def test_resume_after_kill_has_every_case_once(tmp_path):
-    cases = [custom("sleep", seconds=0.5, tag=i) for i in range(6)]
-    run = new_run(tmp_path, cases)
+def run_in_background(run, rows: int, **popen):
+    """A process running ``run`` in a session of its own, returned once ``rows`` rows are stored."""
     code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r});"
             f"from ssmbench.harness.store import Run; from ssmbench.harness.runner import run_cases;"
             f"run_cases(Run({str(run.path)!r}), progress=False)")
-    proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
+    proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=True, **popen)
     rows_file = run.path / "rows.jsonl"
     deadline = time.time() + 120
-    while time.time() < deadline and (not rows_file.exists() or len(rows_file.read_text().splitlines()) < 2):
+    while time.time() < deadline and (not rows_file.exists() or len(rows_file.read_text().splitlines()) < rows):
         time.sleep(0.1)
+    return proc
+
+
+def test_resume_after_kill_has_every_case_once(tmp_path):
+    cases = [custom("sleep", seconds=0.5, tag=i) for i in range(6)]
+    run = new_run(tmp_path, cases)
+    proc = run_in_background(run, rows=2)
+    rows_file = run.path / "rows.jsonl"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     before = len(rows_file.read_text().splitlines())
@@ -339,14 +346,7 @@ def test_an_interrupt_stops_the_run_at_once_and_keeps_what_is_finished(tmp_path)
     cases = [custom("sleep", seconds=0.0, tag=0), custom("sleep", seconds=60.0, tag=1),
              custom("sleep", seconds=0.0, tag=2)]
     run = new_run(tmp_path, cases)
-    code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r});"
-            f"from ssmbench.harness.store import Run; from ssmbench.harness.runner import run_cases;"
-            f"run_cases(Run({str(run.path)!r}), progress=False)")
-    proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=True, stderr=subprocess.PIPE, text=True)
-    rows_file = run.path / "rows.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline and not (rows_file.exists() and rows_file.read_text().strip()):
-        time.sleep(0.1)
+    proc = run_in_background(run, rows=1, stderr=subprocess.PIPE, text=True)
     time.sleep(1.0)  # the long case is in flight
     interrupted = time.time()
     os.killpg(proc.pid, signal.SIGINT)

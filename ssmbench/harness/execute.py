@@ -169,21 +169,23 @@ _last_inputs: dict[tuple, dict] = {}
 _last_reference: dict[tuple, tuple] = {}
 
 
+def _kept(cache: dict, key: tuple, make):
+    if key not in cache:
+        cache.clear()
+        cache[key] = make()
+    return cache[key]
+
+
 def _inputs(op_name: str, problem, seed: int) -> dict:
-    key = (op_name, problem, seed)
-    if key not in _last_inputs:
-        _last_inputs.clear()
-        _last_inputs[key] = get_op(op_name).make_inputs(problem, torch.Generator().manual_seed(seed))
-    return _last_inputs[key]
+    return _kept(_last_inputs, (op_name, problem, seed),
+                 lambda: get_op(op_name).make_inputs(problem, torch.Generator().manual_seed(seed)))
 
 
 def _inputs_and_reference(op_name: str, problem, seed: int):
-    key = (op_name, problem, seed)
-    if key not in _last_reference:
-        _last_reference.clear()
+    def make():
         inputs = _inputs(op_name, problem, seed)
-        _last_reference[key] = (inputs, reference_outputs(problem, inputs))
-    return _last_reference[key]
+        return inputs, reference_outputs(problem, inputs)
+    return _kept(_last_reference, (op_name, problem, seed), make)
 
 
 def _cuda_peak_bytes(fn) -> int:

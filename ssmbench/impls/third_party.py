@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import logging
 import sys
 from functools import cache
@@ -22,7 +23,7 @@ from types import ModuleType
 
 import torch
 
-from .base import cuda_available, import_failure
+from .base import cuda_available, distribution_version, import_failure
 
 log = logging.getLogger("ssmbench.third_party")
 
@@ -72,8 +73,6 @@ def _mamba_triton(module: str) -> tuple[ModuleType | None, str | None]:
 def transformers_torch_path(module: str, function: str):
     """transformers' pure-torch ``module.function`` beneath its kernel wrappers (the path its
     mixers take when no kernel package is installed)."""
-    import inspect
-
     return inspect.unwrap(getattr(importlib.import_module(module), function))
 
 
@@ -82,8 +81,6 @@ def transformers_missing(module: str, function: str, older: str) -> list[str]:
     (``older``: where older releases keep that code)."""
     reasons = import_failure(module)
     if not reasons and not hasattr(importlib.import_module(module), function):
-        from .base import distribution_version
-
         reasons = [f"transformers {distribution_version('transformers')} has no {module}.{function} "
                    f"(older releases keep the scan inline in {older})"]
     return reasons

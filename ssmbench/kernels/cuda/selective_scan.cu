@@ -51,8 +51,13 @@ struct Segments {
   float* dt_sum;
   bool state_only;  // the first pass: keep the segment's final state and sum of delta, no outputs
 
+  static size_t rows(const ScanParams& p, const ScanLayout& lay) { return size_t(p.batch) * p.dim * lay.n_segs; }
   static size_t floats(const ScanParams& p, const ScanLayout& lay) {
-    return lay.n_segs == 1 ? 0 : size_t(p.batch) * p.dim * lay.n_segs * (2 * size_t(p.dstate) + 1);
+    return lay.n_segs == 1 ? 0 : rows(p, lay) * (2 * size_t(p.dstate) + 1);
+  }
+  static Segments carve(float* workspace, const ScanParams& p, const ScanLayout& lay) {
+    const size_t states = rows(p, lay) * p.dstate;
+    return {workspace, workspace + states, workspace + 2 * states, false};
   }
 };
 
@@ -249,10 +254,7 @@ const char* launch(const ScanParams& p, const ScanLayout& lay, cudaStream_t stre
   Segments seg{};
   if (lay.n_segs > 1) {
     if (!p.workspace) return "selective_scan: no workspace for the segments";
-    const size_t states = size_t(p.batch) * p.dim * lay.n_segs * p.dstate;
-    seg.in = p.workspace;
-    seg.state = seg.in + states;
-    seg.dt_sum = seg.state + states;
+    seg = Segments::carve(p.workspace, p, lay);
   }
   const dim3 grid((p.dim + lay.rows - 1) / lay.rows, p.batch, lay.n_segs);
   auto scan = [&](Segments pass) {
@@ -273,12 +275,19 @@ const char* launch(const ScanParams& p, const ScanLayout& lay, cudaStream_t stre
   return scan(seg);
 }
 
+const char* refusal(const ScanParams& p) {
+  if (p.dstate < 1 || p.dstate > kMaxDState) return "selective_scan: dstate must be in 1..256";
+  if (p.groups < 1 || p.dim % p.groups != 0) return "selective_scan: dim must be a multiple of groups";
+  return nullptr;
+}
+
+bool empty(const ScanParams& p) { return p.batch == 0 || p.dim == 0 || p.seqlen == 0; }
+
 }  // namespace
 
 const char* selective_scan_fwd(const ScanParams& p, void* stream) {
-  if (p.dstate < 1 || p.dstate > kMaxDState) return "selective_scan: dstate must be in 1..256";
-  if (p.groups < 1 || p.dim % p.groups != 0) return "selective_scan: dim must be a multiple of groups";
-  if (p.batch == 0 || p.dim == 0 || p.seqlen == 0) return nullptr;
+  if (const char* error = refusal(p)) return error;
+  if (empty(p)) return nullptr;
   auto s = static_cast<cudaStream_t>(stream);
   const ScanLayout lay = plan(p);
   return states_per_lane(p.dstate) == 4 ? launch<4>(p, lay, s) : launch<8>(p, lay, s);
@@ -286,10 +295,7 @@ const char* selective_scan_fwd(const ScanParams& p, void* stream) {
 
 size_t selective_scan_workspace_bytes(const ScanParams& p) {
   // Sizes selective_scan_fwd refuses or has nothing to do for need no scratch.
-  if (p.batch == 0 || p.dim == 0 || p.seqlen == 0 || p.dstate < 1 || p.dstate > kMaxDState ||
-      p.groups < 1 || p.dim % p.groups != 0) {
-    return 0;
-  }
+  if (refusal(p) || empty(p)) return 0;
   return sizeof(float) * Segments::floats(p, plan(p));
 }
 

@@ -2,12 +2,12 @@
 
 On the GPU a kernel is autotuned over a few block sizes, keyed on the problem sizes. Under the
 interpreter (TRITON_INTERPRET=1, numpy on the CPU) it runs one fixed, small config instead:
-autotuning there would run every candidate several times, at a crawl. ``SSMBENCH_TRITON_AUTOTUNE=0``
-runs that fixed config compiled on the GPU too: each new shape then costs one compile rather than
-one per candidate, which is what a correctness sweep over many small shapes wants. Triton decides between
-compiling and interpreting when ``@triton.jit`` runs, i.e. when a kernel module is imported (it
-reads the variable then, not at ``import triton``), so the launcher asks the kernel object which
-one it got rather than re-reading the environment.
+autotuning there would run every candidate several times, at a crawl.
+``SSMBENCH_TRITON_AUTOTUNE=0`` runs that fixed config compiled on the GPU too: each new shape then
+costs one compile rather than one per candidate, which is what a correctness sweep over many small
+shapes wants. Triton decides between compiling and interpreting when ``@triton.jit`` runs, i.e.
+when a kernel module is imported (it reads the variable then, not at ``import triton``), so the
+launcher asks the kernel object which one it got rather than re-reading the environment.
 """
 from __future__ import annotations
 

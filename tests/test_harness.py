@@ -354,3 +354,21 @@ def test_an_interrupt_stops_the_run_at_once_and_keeps_what_is_finished(tmp_path)
     assert time.time() - interrupted < 5
     assert proc.returncode != 0 and err.count("KeyboardInterrupt") == 1 and "harness_fixtures" not in err
     assert list(load_runs(run.path)["tag"]) == [0]
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["compare", "--op", "selective_scan", "--threads", "0"], "--threads"),
+    (["compare", "--op", "selective_scan", "--threads", "-1"], "--threads"),
+    (["compare", "--op", "selective_scan", "--budget", "-1"], "--budget"),
+    (["compare", "--op", "selective_scan", "--timeout", "-1"], "--timeout"),
+    (["compare", "--op", "selective_scan", "--timeout", "nan"], "--timeout"),
+    (["run", "--suite", "kernels", "--threads", "two"], "--threads"),
+])
+def test_cli_refuses_sizes_that_are_not_positive(capsys, tmp_path, argv, flag):
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["--results-dir", str(tmp_path), *argv])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {flag}: expected a positive" in err
+    assert "Traceback" not in err
+    assert not any(tmp_path.iterdir())  # refused before a run folder was made

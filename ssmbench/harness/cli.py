@@ -169,6 +169,22 @@ def cmd_tables(args) -> int:
     return 0
 
 
+
+def _positive(kind: type):
+    """An argparse type that accepts only values of ``kind`` above zero, so a bad size is refused
+    before any case runs instead of ending as failed rows."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}")
+        return value
+    parse.__name__ = f"positive {kind.__name__}"
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ssmbench", description=__doc__)
     parser.add_argument("--results-dir", type=Path, default=None,
@@ -190,9 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--dtype", default="float32")
     p.add_argument("--shape", default="", help="problem fields, e.g. batch=1,dim=1536,dstate=16,seqlen=4096")
-    p.add_argument("--threads", type=int, help="torch threads (recorded)")
-    p.add_argument("--budget", type=float, default=2.0, help="seconds of timing per backend")
-    p.add_argument("--timeout", type=float, default=600.0, help="seconds before a backend's case is killed")
+    p.add_argument("--threads", type=_positive(int), help="torch threads (recorded)")
+    p.add_argument("--budget", type=_positive(float), default=2.0, help="seconds of timing per backend")
+    p.add_argument("--timeout", type=_positive(float), default=600.0, help="seconds before a backend's case is killed")
     p.add_argument("--interleave", action="store_true",
                    help="time the backends in rounds A B A B ... in one process (less drift between them)")
     p.add_argument("--stability", action="store_true",
@@ -206,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backends", help="only these backends (comma-separated)")
     p.add_argument("--ops", help="only the cases of these ops (comma-separated)")
     p.add_argument("--resume", metavar="RUN", help="run folder, run id or 'latest' to finish")
-    p.add_argument("--threads", type=int)
+    p.add_argument("--threads", type=_positive(int))
     p.add_argument("--report", action="store_true", help="write the report when done")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_run)

@@ -17,6 +17,20 @@ def _shape(text: str) -> dict[str, str]:
     return params
 
 
+def _positive(kind: type):
+    """An argparse type that accepts only values of ``kind`` above zero, so a bad size is refused
+    before any case runs instead of ending as failed rows."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not value > 0:  # ``not > 0`` also refuses NaN
+            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}")
+        return value
+    return parse
+
+
 def cmd_list(args) -> int:
     from tabulate import tabulate
 
@@ -167,22 +181,6 @@ def cmd_tables(args) -> int:
     print(text)
     print(f"written to {folder}")
     return 0
-
-
-
-def _positive(kind: type):
-    """An argparse type that accepts only values of ``kind`` above zero, so a bad size is refused
-    before any case runs instead of ending as failed rows."""
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}") from None
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}")
-        return value
-    parse.__name__ = f"positive {kind.__name__}"
-    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -22,15 +22,7 @@ from ssmbench.harness.timing import measure, median_ci
 from ssmbench.impls import BackendError, OP_NAMES, backends, get_backend, get_op
 from ssmbench.suites.base import Case
 
-FIXTURES = "harness_fixtures"
-
-
-def new_run(tmp_path, cases):
-    return Run.create(tmp_path, "test", cases, {"cpu_model": "test"}, "fp", suite="test", preset="none")
-
-
-def custom(fn, **params):
-    return Case(suite="test", fn=f"{FIXTURES}:{fn}", params=params, timeout_s=params.pop("timeout_s", 60))
+from harness_fixtures import custom, new_run, run_in_background
 
 
 def test_statuses_are_recorded_and_the_sweep_goes_on(tmp_path):
@@ -156,19 +148,6 @@ def test_unwritten_output_is_caught():
     lazy = dataclasses.replace(backend)
     lazy.__dict__["fn"] = lambda u, **kw: torch.empty_like(u)
     assert not check(lazy, get_op("selective_scan").test_problems()[0]).passed
-
-
-def run_in_background(run, rows: int, **popen):
-    """A process running ``run`` in a session of its own, returned once ``rows`` rows are stored."""
-    code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r});"
-            f"from ssmbench.harness.store import Run; from ssmbench.harness.runner import run_cases;"
-            f"run_cases(Run({str(run.path)!r}), progress=False)")
-    proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=True, **popen)
-    rows_file = run.path / "rows.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline and (not rows_file.exists() or len(rows_file.read_text().splitlines()) < rows):
-        time.sleep(0.1)
-    return proc
 
 
 def test_resume_after_kill_has_every_case_once(tmp_path):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -262,8 +263,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # SIGTERM (a scheduler's stop, `timeout`, `kill`) ends a run as Ctrl-C does: the worker is
+    # stopped, finished cases stay stored. It also reaches a job started with SIGINT ignored.
+    signal.signal(signal.SIGTERM, _interrupt)
     if args.thp:
         # Read by the allocator when a worker process starts, and by the environment record.
         os.environ["THP_MEM_ALLOC_ENABLE"] = "1" if args.thp == "on" else "0"

@@ -2,7 +2,7 @@
 
 The worker is reused between cases and replaced when a case times out or kills it (a crash,
 or the kernel's out-of-memory killer), so one bad case costs only itself. ``resume`` finishes
-a run folder, skipping the cases it already holds.
+a run folder, skipping the cases it already holds; the case that was in flight runs again.
 """
 from __future__ import annotations
 
@@ -58,6 +58,7 @@ class Worker:
     def run(self, case: Case) -> list[dict]:
         if self.process is None or not self.process.is_alive():
             self.start()
+        oom_kills = oom_kill_count()
         self.conn.send(case)
         if self.conn.poll(case.timeout_s):
             try:
@@ -71,10 +72,7 @@ class Worker:
         self.process.join(5)
         code = self.process.exitcode
         self.process = None
-        if code == -signal.SIGKILL:
-            return [_row(case, "oom", "worker killed by SIGKILL (most likely the out-of-memory killer)")]
-        what = f"signal {signal.Signals(-code).name}" if code is not None and code < 0 else f"exit code {code}"
-        return [_row(case, "failed", f"worker process died ({what})")]
+        return [_death_row(case, code, oom_kills, oom_kill_count())]
 
     def stop(self, kill: bool = False) -> None:
         if self.process is None:
@@ -90,6 +88,46 @@ class Worker:
         if self.process.is_alive():
             self.process.kill()
         self.process = None
+
+
+def oom_kill_count() -> tuple[str, int] | None:
+    """(where, count) of the kernel's out-of-memory kills in this process's memory cgroup (v2
+    memory.events or v1 memory.oom_control), else machine-wide (/proc/vmstat); None where no
+    such record can be read."""
+    try:
+        groups = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        groups = []
+    candidates = []
+    for line in groups:
+        _, controllers, where = line.split(":", 2)
+        if controllers == "":
+            candidates.append(Path("/sys/fs/cgroup", where.lstrip("/"), "memory.events"))
+        elif "memory" in controllers.split(","):
+            candidates.append(Path("/sys/fs/cgroup/memory", where.lstrip("/"), "memory.oom_control"))
+    for file in [*candidates, Path("/proc/vmstat")]:
+        try:
+            for line in file.read_text().splitlines():
+                key, _, value = line.partition(" ")
+                if key == "oom_kill":
+                    return str(file), int(value)
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def _death_row(case: Case, code: int | None, before, after) -> dict:
+    """The row of a case whose worker died: ``oom`` only where the kernel counted an
+    out-of-memory kill while the case ran, else ``failed`` with the signal or exit code."""
+    if code is None or code >= 0:
+        return _row(case, "failed", f"worker process died (exit code {code})")
+    name = signal.Signals(-code).name
+    if before and after and after[1] > before[1]:
+        return _row(case, "oom", f"worker killed by {name}: the kernel's out-of-memory killer "
+                                 f"(oom_kill {before[1]} -> {after[1]} in {after[0]})")
+    record = (f"no out-of-memory kill recorded in {after[0]}" if after
+              else "the kernel's out-of-memory record could not be read")
+    return _row(case, "failed", f"worker killed by signal {name} ({record})")
 
 
 def _row(case: Case, status: str, reason: str) -> dict:
@@ -114,30 +152,34 @@ def run_cases(run: Run, cases: Iterable[Case] | None = None, *, threads: int | N
               progress: bool = True, on_row: Callable[[dict], None] | None = None) -> Summary:
     """Run the cases of ``run`` (default: the ones stored in it) that it does not hold yet."""
     cases = list(cases if cases is not None else run.cases())
-    done = run.done_case_ids()
-    todo = [c for c in cases if c.case_id not in done]
-    summary = Summary(run.path, skipped_done=len(cases) - len(todo))
     env = {k: v for k, v in os.environ.items() if k.startswith(("TRITON_", "THP_", "OMP_", "CUDA_", "PYTORCH_"))}
     worker = Worker(threads, env)
-    bar = _progress(len(todo), enabled=progress)
-    try:
-        for case in todo:
-            bar.set_postfix_str(case.label()[:80], refresh=True)
-            t0 = time.perf_counter()
-            for row in worker.run(case):
-                row.setdefault("elapsed_s", time.perf_counter() - t0)
-                run.append(row)
-                summary.counts[row["status"]] = summary.counts.get(row["status"], 0) + 1
-                if on_row:
-                    on_row(row)
-            bar.update(1)
-    except KeyboardInterrupt:
-        # The worker may be deep in a long case: it is not waited for.
-        worker.stop(kill=True)
-        raise
-    finally:
-        bar.close()
-        worker.stop()
+    with run.writing(cases):
+        # Decided under the lock, after the mending: what another writer or a crash left counts.
+        done = run.done_case_ids()
+        todo = [c for c in cases if c.case_id not in done]
+        summary = Summary(run.path, skipped_done=len(cases) - len(todo))
+        bar = _progress(len(todo), enabled=progress)
+        try:
+            for case in todo:
+                bar.set_postfix_str(case.label()[:80], refresh=True)
+                t0 = time.perf_counter()
+                rows = worker.run(case)
+                for row in rows:
+                    row.setdefault("elapsed_s", time.perf_counter() - t0)
+                run.append(*rows)
+                for row in rows:
+                    summary.counts[row["status"]] = summary.counts.get(row["status"], 0) + 1
+                    if on_row:
+                        on_row(row)
+                bar.update(1)
+        except KeyboardInterrupt:
+            # The worker may be deep in a long case: it is not waited for.
+            worker.stop(kill=True)
+            raise
+        finally:
+            bar.close()
+            worker.stop()
     return summary
 
 

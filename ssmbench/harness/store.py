@@ -4,33 +4,38 @@
                                      preset, environment, fingerprint, ceilings, schema version
     results/<run_id>/cases.jsonl     the cases the run was asked to do (what --resume finishes)
     results/<run_id>/rows.jsonl      one flat JSON object per finished case, appended + fsynced
+    results/<run_id>/writer.lock     held by the one process writing the run (its pid inside)
 
-Rows are flat: scalar columns plus ``samples_ms`` (a list). ``load_runs`` returns one pandas
-DataFrame; anything unreadable is an error naming the file, line and field, never skipped.
+Rows follow the schema of :mod:`.schema`. ``load_runs`` returns one pandas DataFrame; anything
+unreadable is an error naming the file, line and field, never skipped, except the torn last line
+that a crash leaves (not yet a row: the next writer drops it, and its case runs again).
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import errno
+import fcntl
 import json
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from ..suites.base import Case
+from .schema import SCHEMA_VERSION, STATUSES, SchemaError, validate_row  # noqa: F401 - re-exported
 
-SCHEMA_VERSION = 1
-REQUIRED_ROW_FIELDS = {"schema_version": int, "run_id": str, "case_id": str, "suite": str,
-                       "status": str, "reason": str}
-STATUSES = ("ok", "incorrect", "unsupported", "unavailable", "oom", "timeout", "failed")
-REQUIRED_MANIFEST_FIELDS = ("schema_version", "run_id", "created", "environment", "fingerprint")
+REQUIRED_MANIFEST_FIELDS = {"schema_version": int, "run_id": str, "created": str, "environment": dict,
+                            "fingerprint": str}
+LOCK = "writer.lock"  # held (flock) by the one process that writes the run; the kernel frees it on exit
 
 
 class ResultsError(ValueError):
-    """A results folder or file that cannot be read as a run; says which file and field."""
+    """A results folder or file that cannot be read or written as a run; says which file and field."""
 
 
 def default_results_dir() -> Path:
@@ -61,45 +66,137 @@ class Run:
         self.path = Path(path)
         self.manifest = read_manifest(self.path)
         self.run_id = self.manifest["run_id"]
+        self.rows_file = self.path / "rows.jsonl"
 
     @classmethod
     def create(cls, results_dir: Path, label: str, cases: list[Case], environment: dict,
                fingerprint: str, **fields) -> "Run":
+        """A new run folder. The cases, then the manifest, are each written whole and renamed
+        into place: a folder without a manifest is no run, and one with a manifest has every case."""
         run_id = new_run_id(label)
         path = Path(results_dir) / run_id
-        path.mkdir(parents=True, exist_ok=False)
         manifest = {
             "schema_version": SCHEMA_VERSION, "run_id": run_id,
             "created": dt.datetime.now(dt.timezone.utc).isoformat(),
             "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
             "git": git_state(), "environment": environment, "fingerprint": fingerprint, **fields,
         }
-        _write_json(path / "manifest.json", manifest)
-        with open(path / "cases.jsonl", "w") as f:
-            for case in cases:
-                f.write(json.dumps(_case_record(case), default=str) + "\n")
+        try:
+            path.mkdir(parents=True, exist_ok=False)
+            _write_whole(path / "cases.jsonl", "".join(json.dumps(_case_record(c), default=str) + "\n"
+                                                        for c in cases))
+            _write_whole(path / "manifest.json", json.dumps(manifest, indent=2, default=_json_default))
+        except OSError as exc:
+            shutil.rmtree(path, ignore_errors=True)
+            raise ResultsError(f"{path}: the run folder could not be written ({_os_error(exc)}); "
+                               f"nothing was run and nothing is kept") from None
         return cls(path)
 
     def cases(self) -> list[Case]:
-        records = _read_jsonl(self.path / "cases.jsonl")
-        return [Case(**{k: v for k, v in r.items() if k != "case_id"}) for r in records]
+        file = self.path / "cases.jsonl"
+        cases = []
+        for number, record in _read_jsonl(file):
+            where = f"{file}, line {number}"
+            stored_id = record.pop("case_id", None)
+            try:
+                case = Case(**record)
+            except (TypeError, ValueError) as exc:
+                raise ResultsError(f"{where}: not a case ({exc})") from None
+            if stored_id != case.case_id:
+                raise ResultsError(f"{where}: field 'case_id' is {stored_id!r}, but the case's fields give "
+                                   f"{case.case_id!r}: the file was changed by hand or by another version")
+            cases.append(case)
+        return cases
+
+    def rows(self) -> list[dict]:
+        return read_rows(self.path)
 
     def done_case_ids(self) -> set[str]:
-        rows = self.path / "rows.jsonl"
         # Rows of an interleaved comparison carry the id of the case they came from.
-        return {r.get("parent_case_id") or r["case_id"] for r in _read_jsonl(rows)} if rows.exists() else set()
+        return {r.get("parent_case_id") or r["case_id"] for r in self.rows()}
 
-    def append(self, row: dict[str, Any]) -> None:
-        row = {"schema_version": SCHEMA_VERSION, "run_id": self.run_id, **row}
-        validate_row(row, self.path / "rows.jsonl", None)
-        with open(self.path / "rows.jsonl", "a") as f:
-            f.write(json.dumps(row, default=_json_default, allow_nan=True) + "\n")
-            f.flush()
+    @contextlib.contextmanager
+    def writing(self, cases: Iterable[Case] = ()) -> Iterator["Run"]:
+        """Hold the run's lock while writing it, after mending what a crash left: a torn last
+        line, and the rows of an interleaved case that was cut off before all its rows were in.
+        A second writer (a run or resume of the same folder) is refused with the holder's pid."""
+        with open(self.path / LOCK, "a+") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                lock.seek(0)
+                holder = lock.read().strip() or "unknown"
+                raise ResultsError(f"{self.path}: another ssmbench process (pid {holder}) is writing this run; "
+                                   f"wait for it to finish, or stop it, then resume") from None
+            lock.seek(0)
+            lock.truncate()
+            lock.write(f"{os.getpid()}\n")
+            lock.flush()
+            self._drop_torn_tail()
+            self._drop_partial_cases(cases)
+            yield self
+
+    def _drop_torn_tail(self) -> None:
+        try:
+            data = self.rows_file.read_bytes()
+        except FileNotFoundError:
+            return
+        if not data or data.endswith(b"\n"):
+            return
+        keep = data.rfind(b"\n") + 1
+        with open(self.rows_file, "r+b") as f:
+            f.truncate(keep)
             os.fsync(f.fileno())
+        _warn(f"{self.rows_file}: dropped a torn last line ({len(data) - keep} bytes of a write cut short); "
+              f"its case runs again")
 
-    def update_manifest(self, **fields) -> None:
-        self.manifest.update(fields)
-        _write_json(self.path / "manifest.json", self.manifest)
+    def _drop_partial_cases(self, cases: Iterable[Case]) -> None:
+        expected = {c.case_id: len(c.backends) for c in cases if c.backends}
+        rows = self.rows()
+        have: dict[str, int] = {}
+        for row in rows:
+            if row.get("parent_case_id") in expected:
+                have[row["parent_case_id"]] = have.get(row["parent_case_id"], 0) + 1
+        partial = {parent for parent, n in have.items() if n < expected[parent]}
+        if not partial:
+            return
+        kept = [r for r in rows if r.get("parent_case_id") not in partial]
+        _write_whole(self.rows_file, "".join(_row_line(r) for r in kept))
+        _warn(f"{self.rows_file}: dropped {len(rows) - len(kept)} rows of {len(partial)} interleaved case(s) "
+              f"cut off before all their rows were written; they run again")
+
+    def append(self, *rows: dict[str, Any]) -> None:
+        """Write the rows of one case in one write of whole lines, then fsync: a crash leaves them
+        all or a torn tail that the next writer drops. A full disk keeps what was there before."""
+        lines = []
+        for row in rows:
+            row = {"schema_version": SCHEMA_VERSION, "run_id": self.run_id,
+                   "fingerprint": self.manifest["fingerprint"], **row}
+            try:
+                validate_row(row, f"{self.rows_file} (row being written)")
+            except SchemaError as exc:
+                raise ResultsError(str(exc)) from None
+            lines.append(_row_line(row))
+        data = "".join(lines).encode()
+        fd = os.open(self.rows_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            before = os.fstat(fd).st_size
+            try:
+                _write_synced(fd, data)
+            except OSError as exc:
+                os.ftruncate(fd, before)
+                kept = len(self.rows())
+                case = rows[0].get("parent_case_id") or rows[0].get("case_id")
+                raise ResultsError(f"{self.rows_file}: {_os_error(exc)}; the {kept} rows written before are kept, "
+                                   f"case {case} was not; free space, then: ssmbench run --resume {self.path}") from None
+        finally:
+            os.close(fd)
+
+
+def _write_synced(fd: int, data: bytes) -> None:
+    if os.write(fd, data) != len(data):  # a short write is what a nearly full disk gives
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    os.fsync(fd)
 
 
 def _case_record(case: Case) -> dict[str, Any]:
@@ -112,46 +209,62 @@ def _json_default(value):
     return str(value)
 
 
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=_json_default))
-    os.replace(tmp, path)
+def _row_line(row: dict) -> str:
+    return json.dumps(row, default=_json_default, allow_nan=True) + "\n"
 
 
-def _read_jsonl(path: Path) -> list[dict]:
+def _os_error(exc: OSError) -> str:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "the disk is full (no space left on device)"
+    return exc.strerror or str(exc)
+
+
+def _warn(message: str) -> None:
+    print(f"ssmbench: warning: {message}", file=sys.stderr, flush=True)
+
+
+def _write_whole(path: Path, text: str) -> None:
+    """``text`` into ``path`` through a temporary file renamed over it: readers see the old file or
+    the new one, never a part."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # the rename itself survives a crash
+    finally:
+        os.close(fd)
+
+
+def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
+    """(line number, object) of every line. A torn last line, where a crash cut a write short, is
+    left out (the next writer drops it); anything else unreadable is an error."""
     records = []
     try:
-        lines = path.read_text().splitlines()
+        text = path.read_text()
     except OSError as exc:
         raise ResultsError(f"{path}: cannot be read: {exc.strerror or exc}") from None
+    lines = text.split("\n")
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
-            # A line cut short by a crash is the last one; anything else is corruption.
-            if number == len(lines):
+            if number == len(lines):  # no newline after it: the write never finished
                 continue
             raise ResultsError(f"{path}, line {number}: not valid JSON ({exc.msg})") from None
         if not isinstance(record, dict):
             raise ResultsError(f"{path}, line {number}: expected a JSON object, got {type(record).__name__}")
-        records.append(record)
+        records.append((number, record))
     return records
-
-
-def validate_row(row: dict, path: Path, line: int | None) -> None:
-    where = f"{path}" + (f", line {line}" if line else "")
-    for name, kind in REQUIRED_ROW_FIELDS.items():
-        if name not in row:
-            raise ResultsError(f"{where}: row lacks field {name!r}")
-        if not isinstance(row[name], kind):
-            raise ResultsError(f"{where}: field {name!r} must be {kind.__name__}, got {row[name]!r}")
-    if row["schema_version"] != SCHEMA_VERSION:
-        raise ResultsError(f"{where}: field 'schema_version' is {row['schema_version']}, "
-                           f"this ssmbench reads {SCHEMA_VERSION}")
-    if row["status"] not in STATUSES:
-        raise ResultsError(f"{where}: field 'status' is {row['status']!r}, expected one of {STATUSES}")
 
 
 def read_manifest(path: Path) -> dict:
@@ -164,9 +277,13 @@ def read_manifest(path: Path) -> dict:
         raise ResultsError(f"{file}: cannot be read: {exc.strerror or exc}") from None
     except json.JSONDecodeError as exc:
         raise ResultsError(f"{file}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
-    for name in REQUIRED_MANIFEST_FIELDS:
+    if not isinstance(manifest, dict):
+        raise ResultsError(f"{file}: expected a JSON object, got {type(manifest).__name__}")
+    for name, kind in REQUIRED_MANIFEST_FIELDS.items():
         if name not in manifest:
             raise ResultsError(f"{file}: manifest lacks field {name!r}")
+        if not isinstance(manifest[name], kind):
+            raise ResultsError(f"{file}: field {name!r} must be {kind.__name__}, got {manifest[name]!r}")
     if manifest["schema_version"] != SCHEMA_VERSION:
         raise ResultsError(f"{file}: field 'schema_version' is {manifest['schema_version']}, "
                            f"this ssmbench reads {SCHEMA_VERSION}")
@@ -177,9 +294,13 @@ def read_rows(path: Path) -> list[dict]:
     file = Path(path) / "rows.jsonl"
     if not file.exists():
         return []
-    rows = _read_jsonl(file)
-    for number, row in enumerate(rows, 1):
-        validate_row(row, file, number)
+    rows = []
+    for number, row in _read_jsonl(file):
+        try:
+            validate_row(row, f"{file}, line {number}")
+        except SchemaError as exc:
+            raise ResultsError(str(exc)) from None
+        rows.append(row)
     return rows
 
 
@@ -245,7 +366,9 @@ def load_runs(*runs: str | Path, results_dir: Path | None = None, with_environme
         frame = pd.DataFrame(rows)
         if with_environment and len(frame):
             env = manifest["environment"]
-            frame["fingerprint"] = manifest["fingerprint"]
+            # Rows carry the fingerprint of what measured them; older rows get the run's.
+            frame["fingerprint"] = (frame["fingerprint"].fillna(manifest["fingerprint"]) if "fingerprint" in frame
+                                    else manifest["fingerprint"])
             frame["preset"] = manifest.get("preset")
             frame["cpu_model"] = env.get("cpu_model")
             frame["gpu_name"] = env.get("gpu_name")

@@ -77,7 +77,7 @@ def export_run(run_spec: str, out: Path, results_dir: Path | None = None) -> Pat
 def _param_columns(rows: pd.DataFrame) -> set[str]:
     from .report import PARAM_EXCLUDE
 
-    return {c for c in rows.columns if c not in PARAM_EXCLUDE and c not in ("status", "reason", "backend")}
+    return {c for c in rows.columns if c not in PARAM_EXCLUDE}
 
 
 def _blank(value) -> bool:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .schema import COLUMNS
 from .store import load_runs, read_manifest, resolve_runs
 
 TIMING_COLUMNS = ["backend", "status", "median_ms", "ci_low_ms", "ci_high_ms", "iqr_ms", "gbps", "pct_bw",
@@ -25,11 +26,9 @@ def timing_table(rows: pd.DataFrame, by: list[str] | None = None) -> pd.DataFram
     return table.sort_values([c for c in ["op", *varying, "backend"] if c in table]).reset_index(drop=True)
 
 
-PARAM_EXCLUDE = set(TIMING_COLUMNS) | {
-    "schema_version", "run_id", "case_id", "suite", "op", "fn", "series", "samples_ms", "elapsed_s",
-    "threads", "tolerance", "mean_ms", "min_ms", "n_samples", "warmup_calls", "hot_cache", "bytes",
-    "flops", "exps", "peak_mem_bytes", "fingerprint", "preset", "cpu_model", "gpu_name", "parent_case_id",
-    "interleaved", "self_spread", "self_p", "kernel_configs"}
+# Everything but the problem's parameters and a custom case's own figures: the schema's columns,
+# and what load_runs adds beside them.
+PARAM_EXCLUDE = set(COLUMNS) | set(TIMING_COLUMNS) | {"preset", "cpu_model", "gpu_name"}
 
 
 def _varying_params(rows: pd.DataFrame) -> list[str]:

@@ -92,11 +92,15 @@ def _names(text: str, option: str, known) -> set[str]:
 
 def cmd_run(args) -> int:
     from ..impls import OP_NAMES, backends
+    from .executors import from_options
     from .session import resume_run, start_run
 
+    executor = from_options(args.executor, streams=args.streams, ray_address=args.ray_address, cluster=args.cluster,
+                            slurm_partition=args.slurm_partition, timeout_min=args.timeout_min,
+                            gpus_per_node=args.gpus_per_node)
     if args.resume:
         summaries = [resume_run(args.resume, results_dir=args.results_dir, threads=args.threads,
-                                progress=not args.quiet)]
+                                progress=not args.quiet, executor=executor)]
     else:
         from ..suites import get_suite
 
@@ -123,7 +127,8 @@ def cmd_run(args) -> int:
                                      f"{torch.__version__} sees none here")
             summaries.append(start_run(f"{suite.name}-{preset}", cases, suite=suite.name, preset=preset,
                                        device=device, results_dir=args.results_dir,
-                                       threads=args.threads or suite.threads.get(preset), progress=not args.quiet))
+                                       threads=args.threads or suite.threads.get(preset), progress=not args.quiet,
+                                       executor=executor))
             print(summaries[-1].line(), flush=True)
     if args.resume:
         print(summaries[0].line())
@@ -224,6 +229,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=_positive(int))
     p.add_argument("--report", action="store_true", help="write the report when done")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--executor", choices=["local", "ray", "submitit"], default="local",
+                   help="where the cases run: a local worker (default), a Ray cluster, or SLURM jobs via submitit; "
+                        "rows come back into one run folder either way")
+    p.add_argument("--streams", type=_positive(int),
+                   help="ray/submitit: how many case streams (tasks or array jobs) run at once")
+    p.add_argument("--ray-address", help="ray: the cluster's address (default $RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--cluster", choices=["slurm", "local"], default="slurm",
+                   help="submitit: SLURM, or local processes to try a setup out")
+    p.add_argument("--slurm-partition", help="submitit: the partition to submit to")
+    p.add_argument("--timeout-min", type=_positive(int), help="submitit: each job's time limit in minutes")
+    p.add_argument("--gpus-per-node", type=_positive(int), help="submitit: GPUs per job")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("tables", help="regenerate the papers' tables, the paper's value beside ours")

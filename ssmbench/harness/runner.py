@@ -13,25 +13,34 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 from ..suites.base import Case
+from .env import SETTINGS
 from .store import Run
 
 _CONTEXT = mp.get_context("spawn")
 
 
-def _worker(conn, threads: int | None, env: dict[str, str]) -> None:
+def _worker(conn, threads: int | None, env: dict[str, str | None]) -> None:
     # An interrupt (Ctrl-C, or `timeout -s INT` on the process group) is the parent's to handle:
     # it stops the worker, and the case in flight is simply not recorded.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    os.environ.update(env)
+    for name, value in env.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
     import torch
 
     if threads:
         torch.set_num_threads(threads)
+    from .env import environment, fingerprint_id
     from .execute import execute
 
+    # Each row says what measured it: this process, as set up for the run (on a cluster, the
+    # node may differ from the machine that started the run).
+    measured_by = fingerprint_id(environment())
     while True:
         try:
             case = conn.recv()
@@ -39,7 +48,7 @@ def _worker(conn, threads: int | None, env: dict[str, str]) -> None:
             return
         if case is None:
             return
-        conn.send(execute(case))
+        conn.send([{**row, "fingerprint": measured_by} for row in execute(case)])
 
 
 class Worker:
@@ -67,7 +76,7 @@ class Worker:
                 pass
         else:
             self.stop(kill=True)
-            return [_row(case, "timeout", f"no result within the case's {case.timeout_s:g} s limit; worker killed")]
+            return [status_row(case, "timeout", f"no result within the case's {case.timeout_s:g} s limit; worker killed")]
         # The worker died while running the case.
         self.process.join(5)
         code = self.process.exitcode
@@ -120,20 +129,21 @@ def _death_row(case: Case, code: int | None, before, after) -> dict:
     """The row of a case whose worker died: ``oom`` only where the kernel counted an
     out-of-memory kill while the case ran, else ``failed`` with the signal or exit code."""
     if code is None or code >= 0:
-        return _row(case, "failed", f"worker process died (exit code {code})")
+        return status_row(case, "failed", f"worker process died (exit code {code})")
     name = signal.Signals(-code).name
     if before and after and after[1] > before[1]:
-        return _row(case, "oom", f"worker killed by {name}: the kernel's out-of-memory killer "
+        return status_row(case, "oom", f"worker killed by {name}: the kernel's out-of-memory killer "
                                  f"(oom_kill {before[1]} -> {after[1]} in {after[0]})")
     record = (f"no out-of-memory kill recorded in {after[0]}" if after
               else "the kernel's out-of-memory record could not be read")
-    return _row(case, "failed", f"worker killed by signal {name} ({record})")
+    return status_row(case, "failed", f"worker killed by signal {name} ({record})")
 
 
-def _row(case: Case, status: str, reason: str) -> dict:
+def status_row(case: Case, status: str, reason: str) -> dict:
     from .execute import base_row
 
     return {**base_row(case, case.backend or "+".join(case.backends)), "status": status, "reason": reason}
+
 
 
 @dataclass
@@ -148,38 +158,62 @@ class Summary:
         return f"{self.run_path}: {parts or 'no cases run'}{done}"
 
 
-def run_cases(run: Run, cases: Iterable[Case] | None = None, *, threads: int | None = None,
-              progress: bool = True, on_row: Callable[[dict], None] | None = None) -> Summary:
-    """Run the cases of ``run`` (default: the ones stored in it) that it does not hold yet."""
-    cases = list(cases if cases is not None else run.cases())
-    env = {k: v for k, v in os.environ.items() if k.startswith(("TRITON_", "THP_", "OMP_", "CUDA_", "PYTORCH_"))}
+def worker_env() -> dict[str, str | None]:
+    """The settings a worker takes from the process that starts the run, wherever the worker runs:
+    the speed-changing variables that are set, and those that are not (None: unset there too)."""
+    env: dict[str, str | None] = {name: None for name in SETTINGS}
+    env.update({k: v for k, v in os.environ.items() if k.startswith(("TRITON_", "THP_", "OMP_", "CUDA_", "PYTORCH_"))})
+    return env
+
+
+def run_stream(cases: Iterable[Case], threads: int | None, env: dict[str, str | None]
+               ) -> Iterator[tuple[Case, list[dict]]]:
+    """(case, its rows) for each case in turn, from one worker process: the loop every executor
+    runs, here or on a cluster's node."""
     worker = Worker(threads, env)
+    try:
+        for case in cases:
+            t0 = time.perf_counter()
+            rows = worker.run(case)
+            for row in rows:
+                row.setdefault("elapsed_s", time.perf_counter() - t0)
+            yield case, rows
+    except BaseException:
+        # An interrupt, or the consumer gone: the worker may be deep in a long case, not waited for.
+        worker.stop(kill=True)
+        raise
+    worker.stop()
+
+
+def run_cases(run: Run, cases: Iterable[Case] | None = None, *, threads: int | None = None,
+              progress: bool = True, on_row: Callable[[dict], None] | None = None,
+              executor=None) -> Summary:
+    """Run the cases of ``run`` (default: the ones stored in it) that it does not hold yet, on
+    ``executor`` (default: one local worker). This process alone writes the run, whichever
+    executor measures: rows come back to it and are appended as each case finishes."""
+    from .executors import LocalExecutor
+
+    cases = list(cases if cases is not None else run.cases())
+    executor = executor or LocalExecutor()
     with run.writing(cases):
         # Decided under the lock, after the mending: what another writer or a crash left counts.
         done = run.done_case_ids()
         todo = [c for c in cases if c.case_id not in done]
         summary = Summary(run.path, skipped_done=len(cases) - len(todo))
         bar = _progress(len(todo), enabled=progress)
+        stream = executor.run(todo, threads=threads, env=worker_env(), run_path=run.path)
         try:
-            for case in todo:
-                bar.set_postfix_str(case.label()[:80], refresh=True)
-                t0 = time.perf_counter()
-                rows = worker.run(case)
-                for row in rows:
-                    row.setdefault("elapsed_s", time.perf_counter() - t0)
+            for case, rows in stream:
                 run.append(*rows)
                 for row in rows:
                     summary.counts[row["status"]] = summary.counts.get(row["status"], 0) + 1
                     if on_row:
                         on_row(row)
+                bar.set_postfix_str(case.label()[:80], refresh=False)
                 bar.update(1)
-        except KeyboardInterrupt:
-            # The worker may be deep in a long case: it is not waited for.
-            worker.stop(kill=True)
-            raise
         finally:
+            stream.close()  # on an interrupt too: the executor stops what it started
             bar.close()
-            worker.stop()
     return summary
 
 

@@ -14,7 +14,7 @@ RUN_SETTINGS = ("THP_MEM_ALLOC_ENABLE",)  # the environment settings that ssmben
 
 def start_run(label: str, cases: list[Case], *, suite: str, preset: str, device: str = "cpu",
               results_dir: Path | None = None, threads: int | None = None, progress: bool = True,
-              ceilings: bool = True) -> Summary:
+              ceilings: bool = True, executor=None) -> Summary:
     import torch
 
     if threads:
@@ -23,11 +23,11 @@ def start_run(label: str, cases: list[Case], *, suite: str, preset: str, device:
     run = Run.create(Path(results_dir or default_results_dir()), label, cases, env, fingerprint_id(env),
                      suite=suite, preset=preset, device=device,
                      ceilings=measure_ceilings(device) if ceilings else {})
-    return run_cases(run, threads=threads, progress=progress)
+    return run_cases(run, threads=threads, progress=progress, executor=executor)
 
 
 def resume_run(spec: str, *, results_dir: Path | None = None, threads: int | None = None,
-               progress: bool = True) -> Summary:
+               progress: bool = True, executor=None) -> Summary:
     import torch
 
     (path,) = resolve_runs([spec], results_dir)
@@ -50,4 +50,4 @@ def resume_run(spec: str, *, results_dir: Path | None = None, threads: int | Non
                             for k, (a, b) in fingerprint_diff(run.manifest["environment"], here).items())
         raise ResultsError(f"{path}: measured on another machine or software stack ({differs}); "
                            f"start a new run instead of resuming this one")
-    return run_cases(run, threads=threads, progress=progress)
+    return run_cases(run, threads=threads, progress=progress, executor=executor)

@@ -161,7 +161,7 @@ class Run:
         if not partial:
             return
         kept = [r for r in rows if r.get("parent_case_id") not in partial]
-        _write_whole(self.rows_file, "".join(_row_line(r) for r in kept))
+        _write_whole(self.rows_file, "".join(json_line(r) for r in kept))
         _warn(f"{self.rows_file}: dropped {len(rows) - len(kept)} rows of {len(partial)} interleaved case(s) "
               f"cut off before all their rows were written; they run again")
 
@@ -176,7 +176,7 @@ class Run:
                 validate_row(row, f"{self.rows_file} (row being written)")
             except SchemaError as exc:
                 raise ResultsError(str(exc)) from None
-            lines.append(_row_line(row))
+            lines.append(json_line(row))
         data = "".join(lines).encode()
         fd = os.open(self.rows_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
@@ -191,6 +191,15 @@ class Run:
                                    f"case {case} was not; free space, then: ssmbench run --resume {self.path}") from None
         finally:
             os.close(fd)
+
+
+def append_synced(path: Path, data: bytes) -> None:
+    """``data`` appended in one write, then fsynced."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        _write_synced(fd, data)
+    finally:
+        os.close(fd)
 
 
 def _write_synced(fd: int, data: bytes) -> None:
@@ -209,8 +218,9 @@ def _json_default(value):
     return str(value)
 
 
-def _row_line(row: dict) -> str:
-    return json.dumps(row, default=_json_default, allow_nan=True) + "\n"
+def json_line(record: dict) -> str:
+    """One record as one line of JSON (numpy and torch scalars as numbers)."""
+    return json.dumps(record, default=_json_default, allow_nan=True) + "\n"
 
 
 def _os_error(exc: OSError) -> str:

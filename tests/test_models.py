@@ -321,3 +321,13 @@ def test_cuda_graph_decoding_matches_eager(family):
     for _ in range(2):  # the first call captures, the second only replays
         assert torch.equal(graphs.generate(prompt, 8).tokens, eager)
     assert len(graphs.graphs) == (7 if model.step_uses_position else 1)
+
+
+def test_moe_router_renormalisation_follows_the_config():
+    torch.manual_seed(0)
+    x = torch.randn(5, 8)
+    mixtral, jamba = MoE(8, 16, 4, 2, renormalise=True), MoE(8, 16, 4, 2, renormalise=False)
+    jamba.load_state_dict(mixtral.state_dict())
+    probs = torch.softmax(mixtral.router(x), -1)
+    top = probs.topk(2, -1).values.sum(-1, keepdim=True)
+    torch.testing.assert_close(jamba(x), mixtral(x) * top, rtol=1e-5, atol=1e-6)

@@ -64,6 +64,10 @@ class ModelConfig:
     # Mamba layers (every layer that is not attention).
     mamba: MambaMixer | None = None
     norm: str = "rmsnorm"  # "rmsnorm" (a weight) or "layernorm" (weight and bias)
+    norm_eps: float = 1e-5
+    # Whether the top-k router weights are renormalised to sum to one (Mixtral) or kept as the
+    # softmax over all experts (Jamba).
+    router_renormalise: bool = True
     bias: bool = False  # biases on the attention and MLP projections
     learned_positions: int = 0  # rows of a learned position embedding (GPT-3); 0: none (RoPE)
     tie_embeddings: bool = False
@@ -204,7 +208,7 @@ JAMBA_V01 = ModelConfig(
     name="Jamba-v0.1", source="Lieber et al., arXiv:2403.19887 §2, Table 1; ai21labs/Jamba-v0.1 config.json",
     n_layers=32, d_model=4096, vocab_size=65536, n_heads=32, n_kv_heads=8, head_dim=128,
     attn_layer_period=8, attn_layer_offset=4, d_ff=14336, n_experts=16, experts_per_token=2,
-    expert_layer_period=2, expert_layer_offset=1,
+    expert_layer_period=2, expert_layer_offset=1, norm_eps=1e-6, router_renormalise=False,
     mamba=MambaMixer(d_state=16, d_conv=4, expand=2, dt_rank=256, inner_norms=True),
     stated_params=("52", "12"))
 

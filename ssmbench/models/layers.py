@@ -117,7 +117,7 @@ class MoE(nn.Module):
     """Mixture of SwiGLU experts, top-k routing by a linear router (Mixtral, Jamba).
 
     The routing weights are the softmax over all experts of the chosen ones, renormalised over
-    the top k (Mixtral; Jamba's release skips that, which changes no cost). Eagerly, tokens go to
+    the top k where ``renormalise`` (Mixtral; Jamba keeps the plain softmax weights). Eagerly, tokens go to
     their experts by index (each expert reads only its tokens). While a CUDA graph is being
     captured, shapes must not depend on data, so then: with fewer (token, slot) pairs than
     experts, each pair gathers its expert's weights (a decode step at small batch reads only the
@@ -125,9 +125,9 @@ class MoE(nn.Module):
     weighted by the routing (zero for experts not chosen). All paths compute the same function.
     """
 
-    def __init__(self, dim: int, d_ff: int, n_experts: int, top_k: int):
+    def __init__(self, dim: int, d_ff: int, n_experts: int, top_k: int, renormalise: bool = True):
         super().__init__()
-        self.n_experts, self.top_k = n_experts, top_k
+        self.n_experts, self.top_k, self.renormalise = n_experts, top_k, renormalise
         self.router = nn.Linear(dim, n_experts, bias=False)
         self.gate_up = nn.Parameter(torch.empty(n_experts, 2 * d_ff, dim))
         self.down = nn.Parameter(torch.empty(n_experts, dim, d_ff))
@@ -139,7 +139,9 @@ class MoE(nn.Module):
         x = x.reshape(-1, shape[-1])
         probs = torch.softmax(self.router(x).float(), dim=-1)
         weight, chosen = probs.topk(self.top_k, dim=-1)  # (t, k)
-        weight = (weight / weight.sum(-1, keepdim=True)).to(x.dtype)
+        if self.renormalise:
+            weight = weight / weight.sum(-1, keepdim=True)
+        weight = weight.to(x.dtype)
         if not (x.is_cuda and torch.cuda.is_current_stream_capturing()):
             out = self._by_index(x, weight, chosen)
         elif chosen.numel() < self.n_experts:

@@ -46,12 +46,13 @@ class Block(nn.Module):
 
     def __init__(self, config: ModelConfig, layer: int):
         super().__init__()
-        self.norm = make_norm(config.norm, config.d_model)
+        self.norm = make_norm(config.norm, config.d_model, config.norm_eps)
         self.mixer = make_mixer(config, layer)
         self.mlp = None
         if config.d_ff:
-            self.mlp_norm = make_norm(config.norm, config.d_model)
-            self.mlp = (MoE(config.d_model, config.d_ff, config.n_experts, config.experts_per_token)
+            self.mlp_norm = make_norm(config.norm, config.d_model, config.norm_eps)
+            self.mlp = (MoE(config.d_model, config.d_ff, config.n_experts, config.experts_per_token,
+                            config.router_renormalise)
                         if config.is_moe(layer) else MLP(config.d_model, config.d_ff, config.mlp, config.bias))
 
     def _mlp(self, x):
@@ -71,7 +72,7 @@ class LanguageModel(nn.Module):
         self.embed = nn.Embedding(config.vocab_size, config.d_model)
         self.positions = nn.Embedding(config.learned_positions, config.d_model) if config.learned_positions else None
         self.layers = nn.ModuleList(Block(config, i) for i in range(config.n_layers))
-        self.norm = make_norm(config.norm, config.d_model)
+        self.norm = make_norm(config.norm, config.d_model, config.norm_eps)
         self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.head.weight = self.embed.weight

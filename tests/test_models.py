@@ -331,3 +331,9 @@ def test_moe_router_renormalisation_follows_the_config():
     probs = torch.softmax(mixtral.router(x), -1)
     top = probs.topk(2, -1).values.sum(-1, keepdim=True)
     torch.testing.assert_close(jamba(x), mixtral(x) * top, rtol=1e-5, atol=1e-6)
+
+
+def test_attention_uses_the_configs_rotary_base():
+    config = dataclasses.replace(MODELS["Mixtral-8x7B"].scaled(64), n_layers=1)
+    assert config.rope_theta == 1e6
+    assert build_model(config).layers[0].mixer.rope_theta == 1e6

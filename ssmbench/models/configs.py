@@ -65,6 +65,7 @@ class ModelConfig:
     mamba: MambaMixer | None = None
     norm: str = "rmsnorm"  # "rmsnorm" (a weight) or "layernorm" (weight and bias)
     norm_eps: float = 1e-5
+    rope_theta: float = 10000.0  # the rotary base of the attention layers
     # Whether the top-k router weights are renormalised to sum to one (Mixtral) or kept as the
     # softmax over all experts (Jamba).
     router_renormalise: bool = True
@@ -202,7 +203,7 @@ MISTRAL_7B = ModelConfig(
 MIXTRAL_8X7B = ModelConfig(
     name="Mixtral-8x7B", source="Jiang et al., arXiv:2401.04088; mistralai/Mixtral-8x7B-v0.1 config.json",
     n_layers=32, d_model=4096, vocab_size=32000, n_heads=32, n_kv_heads=8, head_dim=128,
-    d_ff=14336, n_experts=8, experts_per_token=2, stated_params=("46.7", "12.9"))
+    d_ff=14336, n_experts=8, experts_per_token=2, rope_theta=1e6, stated_params=("46.7", "12.9"))
 
 JAMBA_V01 = ModelConfig(
     name="Jamba-v0.1", source="Lieber et al., arXiv:2403.19887 §2, Table 1; ai21labs/Jamba-v0.1 config.json",

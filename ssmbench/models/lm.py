@@ -32,7 +32,7 @@ def make_mixer(config: ModelConfig, layer: int) -> nn.Module:
         # carry position themselves (Jamba's attention layers have no positional encoding).
         rotary = 0 if config.learned_positions or config.mamba_layers else config.head_dim
         return Attention(config.d_model, config.n_heads, config.n_kv_heads, config.head_dim,
-                         rotary_dim=rotary, bias=config.bias)
+                         rotary_dim=rotary, rope_theta=config.rope_theta, bias=config.bias)
     m = config.mamba
     if m.version == 1:
         return MambaMixer(config.d_model, m.d_state, m.d_conv, m.expand, config.dt_rank,

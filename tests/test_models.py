@@ -337,3 +337,9 @@ def test_attention_uses_the_configs_rotary_base():
     config = dataclasses.replace(MODELS["Mixtral-8x7B"].scaled(64), n_layers=1)
     assert config.rope_theta == 1e6
     assert build_model(config).layers[0].mixer.rope_theta == 1e6
+
+
+def test_hf_baseline_takes_the_configs_norm_eps_and_rotary_base():
+    config = dataclasses.replace(MODELS["Llama-2-7B"].scaled(64), n_layers=1, norm_eps=3e-6, rope_theta=5e5)
+    hf = hf_model(config).config
+    assert (hf.rms_norm_eps, hf.rope_parameters["rope_theta"]) == (3e-6, 5e5)

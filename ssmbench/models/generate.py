@@ -179,7 +179,7 @@ def hf_model(config: ModelConfig, dtype="float32", device="cpu", seed: int = 0):
         hf_config = transformers.GPT2Config(
             vocab_size=config.vocab_size, n_positions=config.learned_positions, n_embd=config.d_model,
             n_layer=config.n_layers, n_head=config.n_heads, n_inner=config.d_ff, activation_function="gelu",
-            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, layer_norm_epsilon=1e-5,
+            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, layer_norm_epsilon=config.norm_eps,
             tie_word_embeddings=config.tie_embeddings, pad_token_id=0, bos_token_id=0, eos_token_id=None)
         cls = transformers.GPT2LMHeadModel
     elif llama and not config.bias:
@@ -187,6 +187,7 @@ def hf_model(config: ModelConfig, dtype="float32", device="cpu", seed: int = 0):
             vocab_size=config.vocab_size, hidden_size=config.d_model, intermediate_size=config.d_ff,
             num_hidden_layers=config.n_layers, num_attention_heads=config.n_heads,
             num_key_value_heads=config.n_kv_heads, head_dim=config.head_dim, max_position_embeddings=2**20,
+            rms_norm_eps=config.norm_eps, rope_theta=config.rope_theta,
             tie_word_embeddings=config.tie_embeddings, pad_token_id=0, bos_token_id=0, eos_token_id=None)
         cls = transformers.LlamaForCausalLM
     else:

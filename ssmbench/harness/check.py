@@ -119,3 +119,103 @@ def check(backend: Backend, problem: Problem, seed: int = 0,
     errors = {name: rel_error(actual[name], expected[name]) for name in expected}
     worst = max(errors, key=errors.get)
     return Check(errors[worst], backend.tolerance(problem.dtype), worst, call_ms)
+
+
+def differentiable(kwargs: Mapping[str, Any]) -> list[str]:
+    """The arguments gradients are taken for: every floating-point tensor."""
+    return [k for k, v in kwargs.items() if isinstance(v, torch.Tensor) and v.is_floating_point()]
+
+
+def cotangents(outputs: Mapping[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
+    """Random output gradients (a sum of the outputs would hide errors that cancel), float64 on
+    the CPU, drawn from ``seed`` so the reference and the backend see the same ones."""
+    generator = torch.Generator().manual_seed(seed + 1)
+    return {name: torch.randn(out.shape, generator=generator, dtype=torch.float64).to(out.device)
+            for name, out in outputs.items() if out.is_floating_point()}
+
+
+def with_grad(kwargs: Mapping[str, Any], dtype: torch.dtype | None = None) -> dict[str, Any]:
+    """Fresh copies of the arguments, the differentiable ones requiring grad."""
+    args = clone_args(kwargs, dtype=dtype)
+    for name in differentiable(args):
+        args[name].requires_grad_(True)
+    return args
+
+
+def forward_for_backward(fn, problem: Problem, kwargs: Mapping[str, Any],
+                         cotangent: Mapping[str, torch.Tensor], dtype: torch.dtype | None = None):
+    """One forward with autograd recording: the backward callable returning the input gradients by
+    name. The backward keeps the graph, so it can be called again (timed alone)."""
+    op = _op_of(problem)
+    args = with_grad(kwargs, dtype)
+    outputs = op.outputs(args, fn(**args))
+    used = {n: o for n, o in outputs.items() if n in cotangent and o.requires_grad}
+    if not used:
+        raise ValueError(f"no output of {op.name} carries a gradient")
+    names = differentiable(args)
+    grads_out = [cotangent[n].to(o.device, o.dtype) for n, o in used.items()]
+
+    def backward() -> dict[str, torch.Tensor | None]:
+        grads = torch.autograd.grad(list(used.values()), [args[n] for n in names], grads_out,
+                                    retain_graph=True, allow_unused=True)
+        return dict(zip(names, grads))
+    return backward
+
+
+def reference_grads(problem: Problem, kwargs: Mapping[str, Any], seed: int = 0):
+    """Autograd through the op's float64 reference for random output gradients drawn from
+    ``seed``: (the input gradients every backward is held to, the output gradients)."""
+    op = _op_of(problem)
+    args = with_grad(kwargs, torch.float64)
+    outputs = op.outputs(args, op.reference_fn(**args))
+    cotangent = cotangents({n: o for n, o in outputs.items() if o.requires_grad}, seed)
+    names = differentiable(args)
+    grads = torch.autograd.grad([outputs[n] for n in cotangent], [args[n] for n in names],
+                                list(cotangent.values()), allow_unused=True)
+    return dict(zip(names, grads)), cotangent
+
+
+@dataclass(frozen=True)
+class GradCheck:
+    rel_error: float  # worst relative norm error over the input gradients
+    tolerance: float
+    worst_input: str
+
+    @property
+    def passed(self) -> bool:
+        return self.rel_error <= self.tolerance
+
+    def describe(self) -> str:
+        verdict = "within" if self.passed else "exceeds"
+        return (f"relative error {self.rel_error:.3g} of the gradient of {self.worst_input!r} {verdict} "
+                f"tolerance {self.tolerance:.3g}")
+
+
+def compare_grads(actual: Mapping[str, torch.Tensor | None], expected: Mapping[str, torch.Tensor | None],
+                  tolerance: float) -> GradCheck:
+    """The worst input gradient against the reference's; a gradient the reference has and the
+    backend does not is infinitely wrong."""
+    errors = {}
+    for name, want in expected.items():
+        if want is None:
+            continue
+        got = actual.get(name)
+        errors[name] = math.inf if got is None else rel_error(got, want)
+    if not errors:
+        raise ValueError("the reference gives no input a gradient")
+    worst = max(errors, key=errors.get)
+    return GradCheck(errors[worst], tolerance, worst)
+
+
+def check_backward(backend: Backend, problem: Problem, seed: int = 0,
+                   inputs: Mapping[str, Any] | None = None, expected=None) -> GradCheck:
+    """The backend's input gradients for random output gradients against autograd through the
+    float64 reference (``expected``: reference_grads of these inputs, computed here unless given),
+    with the forward's poisoning and tolerance."""
+    op = _op_of(problem)
+    if inputs is None:
+        inputs = op.make_inputs(problem, torch.Generator().manual_seed(seed))
+    expected, cotangent = expected or reference_grads(problem, inputs, seed)
+    with poisoned_allocations():
+        actual = forward_for_backward(backend, problem, inputs, cotangent)()
+    return compare_grads(actual, expected, backend.tolerance(problem.dtype))

@@ -11,7 +11,8 @@ from ..impls.base import load_callable
 from ..impls.registry import get_backend, get_op, reasons
 from ..suites.base import Case
 from . import inject
-from .check import check, clone_args, reference_outputs
+from .check import (check, check_backward, clone_args, cotangents, forward_for_backward, reference_grads,
+                    reference_outputs)
 from .timing import Timing, measure, measure_interleaved
 
 
@@ -27,7 +28,8 @@ def execute(case: Case, seed: int = 0) -> list[dict[str, Any]]:
 def base_row(case: Case, backend: str) -> dict[str, Any]:
     """The fields every row of a case starts with."""
     return {"case_id": case.case_id, "suite": case.suite, "op": case.op, "backend": backend, "fn": case.fn,
-            "series": case.series or backend, **dict(case.params), "status": "ok", "reason": ""}
+            "series": case.series or backend, **dict(case.params), "status": "ok", "reason": "",
+            **({"pass_mode": case.pass_mode} if case.op else {})}
 
 
 def _guarded(case: Case, backend: str, body) -> dict[str, Any]:
@@ -61,6 +63,8 @@ def prepare(case: Case, backend_name: str, seed: int = 0):
     op = get_op(case.op)
     problem = op.problem_type.from_params(case.params)
     backend = get_backend(case.op, backend_name)
+    if case.pass_mode != "forward" and not backend.has_backward:
+        return {"status": "unsupported", "reason": "forward only"}, None, op, problem
     status, why = reasons(backend, problem)
     if status != "ok":
         return {"status": status, "reason": "; ".join(why)}, None, op, problem
@@ -82,13 +86,34 @@ def prepare(case: Case, backend_name: str, seed: int = 0):
     if not result.passed:
         # A wrong result is never reported as a speed.
         return {**fields, "status": "incorrect", "reason": result.describe()}, None, op, problem
+    if case.pass_mode != "forward":
+        grads = check_backward(backend, checked, inputs=inputs,
+                               expected=_kept(_last_grads, (case.op, checked, seed),
+                                              lambda: reference_grads(checked, inputs, seed)))
+        fields.update(grad_rel_error=grads.rel_error, grad_worst_input=grads.worst_input)
+        if not grads.passed:
+            return {**fields, "status": "incorrect", "reason": grads.describe()}, None, op, problem
     if checked != problem:
         inputs = _inputs(case.op, problem, seed)
-    args = clone_args(inputs)
-    call = lambda: backend(**args)  # noqa: E731
+    call = _timed_call(case.pass_mode, backend, problem, inputs, seed)
     if problem.device == "cuda":
         fields["peak_mem_bytes"] = _cuda_peak_bytes(call)
     return fields, call, op, problem
+
+
+def _timed_call(pass_mode: str, backend, problem, inputs, seed: int):
+    """What a case of ``pass_mode`` times: the call; the backward alone, from the activations one
+    forward stored (the graph is kept between calls); or a forward and its backward."""
+    if pass_mode == "forward":
+        args = clone_args(inputs)
+        return lambda: backend(**args)
+    # The output gradients only need the outputs' shapes: one forward without autograd gives them.
+    with torch.no_grad():
+        shapes = get_op(backend.op).outputs(clone_args(inputs), backend(**clone_args(inputs)))
+    cotangent = cotangents(shapes, seed)
+    if pass_mode == "backward":
+        return forward_for_backward(backend, problem, inputs, cotangent)
+    return lambda: forward_for_backward(backend, problem, inputs, cotangent)()
 
 
 def _triton_common():
@@ -98,8 +123,11 @@ def _triton_common():
     return common
 
 
-def timing_fields(op, problem, timing: Timing) -> dict[str, Any]:
+def timing_fields(op, problem, timing: Timing, pass_mode: str = "forward") -> dict[str, Any]:
     stats = timing.stats()
+    if pass_mode != "forward":
+        # The op's cost model counts the forward's work; no rate is claimed for a backward.
+        return {**stats, "samples_ms": timing.samples_ms}
     seconds = stats["median_ms"] * 1e-3
     return {**stats, "samples_ms": timing.samples_ms, "bytes": op.bytes_moved(problem),
             "flops": op.flops(problem), "exps": op.exps(problem) if op.exps else None,
@@ -118,7 +146,7 @@ def _run_op(case: Case, backend_name: str, seed: int) -> dict[str, Any]:
         return fields
     timing = measure(call, problem.device, min_repeats=case.min_repeats, max_repeats=case.max_repeats,
                      budget_s=case.budget_s)
-    return _add_timing(fields, timing_fields(op, problem, timing))
+    return _add_timing(fields, timing_fields(op, problem, timing, case.pass_mode))
 
 
 def _interleaved(case: Case, seed: int) -> list[dict[str, Any]]:
@@ -148,7 +176,8 @@ def _interleaved(case: Case, seed: int) -> list[dict[str, Any]]:
         return list(rows.values())
     for name, timing in timings.items():
         if name in rows:
-            rows[name] = {**_add_timing(rows[name], timing_fields(op, problem, timing)), "interleaved": True}
+            rows[name] = {**_add_timing(rows[name], timing_fields(op, problem, timing, case.pass_mode)),
+                          "interleaved": True}
     if case.stability:
         again = timings[f"{first}#again"]
         rows[first]["self_spread"] = again.median_ms / timings[first].median_ms - 1
@@ -167,6 +196,7 @@ def _two_sided_p(a: list[float], b: list[float]) -> float:
 # next case. One problem each: a long problem's inputs take gigabytes.
 _last_inputs: dict[tuple, dict] = {}
 _last_reference: dict[tuple, tuple] = {}
+_last_grads: dict[tuple, tuple] = {}
 
 
 def _kept(cache: dict, key: tuple, make):

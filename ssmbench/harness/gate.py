@@ -239,9 +239,13 @@ def portable_figures(rows: pd.DataFrame, labels: dict[str, str] | None = None) -
     ok = _ok(rows)
     if "median_ms" not in ok or "op" not in ok:
         return figures
-    for op_name, of_op in ok[ok["op"].fillna("") != ""].groupby("op"):
+    op_rows = ok[ok["op"].fillna("") != ""]
+    modes = op_rows["pass_mode"].fillna("forward") if "pass_mode" in op_rows else "forward"
+    for (op_name, mode), of_op in op_rows.assign(pass_mode=modes).groupby(["op", "pass_mode"]):
         ours = of_op[of_op["backend"].map(lambda name: _ours(op_name, name))]
         fields = [f.name for f in dataclasses.fields(get_op(op_name).problem_type) if f.name in ours]
+        # Forward figures keep the names they had before backward cases existed.
+        op_name_shown = op_name if mode == "forward" else f"{op_name} {mode}"
         per_pair: dict[str, list[Figure]] = {}
         for _, group in ours.groupby([ours[c].map(_fmt) for c in fields], sort=True):
             by_backend = group.set_index("backend")
@@ -251,12 +255,12 @@ def portable_figures(rows: pd.DataFrame, labels: dict[str, str] | None = None) -
                     per_pair.setdefault(f"{backend}/{ref}", []).append(
                         _ratio(by_backend.loc[backend], by_backend.loc[ref]))
         for pair, ratios in per_pair.items():
-            figures[("ratio", f"{op_name} {pair} over {len(ratios)} problem(s)")] = _geometric_mean(ratios)
+            figures[("ratio", f"{op_name_shown} {pair} over {len(ratios)} problem(s)")] = _geometric_mean(ratios)
         for length in [c for c in ("seqlen", "seqlen_q") if c in fields]:
             others = [c for c in fields if c != length]
             for key, group in ours.groupby([ours[c].map(_fmt) for c in others] + [ours["backend"]], sort=True):
                 if group[length].nunique() >= 3:
-                    figures[("exponent", f"{op_name} {_key(others + ['backend'], key)}")] = _slope(
+                    figures[("exponent", f"{op_name_shown} {_key(others + ['backend'], key)}")] = _slope(
                         group[length], group["median_ms"])
     return figures
 

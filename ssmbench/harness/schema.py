@@ -33,6 +33,7 @@ class CaseColumns:
     fn: str | None = None  # "module:function" of a custom case
     series: str | None = None  # the line of a plot the row belongs to
     parent_case_id: str | None = None  # the interleaved comparison the row came from
+    pass_mode: str | None = None  # an op case: forward, backward (alone) or forward_backward
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,8 @@ class CheckColumns:
     tolerance: float | None = None
     checked_at: str | None = None  # the smaller problem checked in place of the timed one
     kernel_configs: str | None = None  # Triton autotuning choices made during the check
+    grad_rel_error: float | None = None  # a backward's worst input gradient against the reference's
+    grad_worst_input: str | None = None
 
 
 @dataclass(frozen=True)

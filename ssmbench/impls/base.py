@@ -197,6 +197,8 @@ class Backend:
     check_available / check_supported: extra reasons in words, for what data cannot say
     (an extension that fails to build, a layout a kernel lacks).
     priority: higher wins under backend="auto".
+    has_backward: whether gradients flow through the call (its own backward, or autograd through
+    torch ops); a backend without one is timed and checked forward only.
     """
 
     op: str
@@ -208,6 +210,7 @@ class Backend:
     requires: tuple[str, ...] = ()
     limits: Mapping[str, int] = field(default_factory=dict)
     priority: int = 0
+    has_backward: bool = False
     kind: str = "torch"  # reference | torch | triton | cuda | third-party
     description: str = ""
     check_available: Callable[[], list[str]] | None = None

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 VERDICTS = ("holds", "does not hold", "not measured")
+PASS_MODES = ("forward", "backward", "forward_backward")
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,13 @@ class Case:
     min_repeats: int = 3
     max_repeats: int = 50
     budget_s: float = 2.0
+    # What an op case times: the forward, the backward alone (from activations stored by one
+    # forward), or both. Checked gradients come before a timed backward.
+    pass_mode: str = "forward"
+
+    def __post_init__(self):
+        if self.pass_mode not in PASS_MODES:
+            raise ValueError(f"Case: pass_mode must be one of {', '.join(PASS_MODES)}, got {self.pass_mode!r}")
 
     @property
     def case_id(self) -> str:
@@ -46,13 +54,16 @@ class Case:
         key = json.dumps(
             {"suite": self.suite, "op": self.op, "backend": self.backend, "fn": self.fn,
              "series": self.series, "params": dict(self.params),
-             **({"backends": list(self.backends), "stability": self.stability} if self.backends else {})},
+             **({"backends": list(self.backends), "stability": self.stability} if self.backends else {}),
+             # Forward cases keep the ids they had before pass modes existed (baselines, resume).
+             **({"pass_mode": self.pass_mode} if self.pass_mode != "forward" else {})},
             sort_keys=True, default=str,
         )
         return hashlib.sha1(key.encode()).hexdigest()[:16]
 
     def label(self) -> str:
-        what = (f"{self.op}/{self.backend or '+'.join(self.backends)}" if self.op
+        what = (f"{self.op}/{self.backend or '+'.join(self.backends)}"
+                f"{'' if self.pass_mode == 'forward' else ' ' + self.pass_mode}" if self.op
                 else self.fn.rsplit(":", 1)[-1])
         shown = ",".join(f"{k}={v}" for k, v in self.params.items() if k not in ("device",))
         return f"{self.suite}:{what} {shown}"

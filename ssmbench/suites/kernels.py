@@ -6,9 +6,11 @@ backend that cannot run here gives its row with the reason.
 """
 from __future__ import annotations
 
+import pandas as pd
+
 from ..impls.registry import backends, get_op
 from .base import Case, Suite
-from .common import CPU_THREADS
+from .common import CPU_THREADS, cases_table, timed
 
 GPU_LENGTHS = [2**12, 2**13, 2**14, 2**15, 2**16]
 # Backends that loop over L in Python (torch_fast too: one fused op per step): beyond this length
@@ -24,9 +26,13 @@ CHECK_MAX_LEN = {"attention": ("seqlen_q", 4096), "selective_scan": ("seqlen", 2
 
 
 def _cases(problems: dict[str, list[dict]], budget_s: float, timeout_s: float) -> list[Case]:
+    """Each backend at each problem, forward; for ops that train, the backward too (a backend
+    without one gives its row: unsupported, forward only)."""
     cases = []
     for op_name, variants in problems.items():
         op = get_op(op_name)
+        trains = any(b.has_backward for b in backends(op_name).values())
+        modes = ("forward", "backward") if trains else ("forward",)
         for params in variants:
             problem = op.problem_type.from_params({**op.default_problem.params(), **params})
             for backend in backends(op_name).values():
@@ -36,9 +42,9 @@ def _cases(problems: dict[str, list[dict]], budget_s: float, timeout_s: float) -
                     continue
                 length, most = CHECK_MAX_LEN.get(op_name, ("", 0))
                 check = {length: most} if most and params.get(length, 0) > most else {}
-                cases.append(Case(suite="kernels", op=op_name, backend=backend.name, params=problem.params(),
+                cases.extend(Case(suite="kernels", op=op_name, backend=backend.name, params=problem.params(),
                                   series=backend.name, budget_s=budget_s, timeout_s=timeout_s,
-                                  check_params=check))
+                                  check_params=check, pass_mode=mode) for mode in modes)
     return cases
 
 
@@ -84,9 +90,22 @@ def cpu_small() -> list[Case]:
     }, budget_s=0.5, timeout_s=120)
 
 
+def tables(rows: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    out = {}
+    done = timed(rows)
+    if len(done) and "pass_mode" in done:
+        keys = [c for c in ("op", "dtype", "seqlen", "seqlen_q", "batch", "backend") if c in done]
+        wide = done.pivot_table(index=keys, columns="pass_mode", values="median_ms", aggfunc="median")
+        wide.columns = [f"{mode} ms" for mode in wide.columns]
+        out["Median time per call, forward and backward"] = wide.reset_index()
+    out["Cases"] = cases_table(rows)
+    return out
+
+
 SUITE = Suite(
     name="kernels",
-    description="every backend of every op, side by side",
+    description="every backend of every op, side by side, forward and backward",
     presets={"cpu-small": cpu_small, "gpu-quick": gpu_quick, "gpu": gpu},
+    tables=tables,
     threads={"cpu-small": CPU_THREADS},
 )

@@ -25,6 +25,6 @@ def attention(q, k, v, softmax_scale=None, causal=False):
 
 
 BACKEND = Backend(
-    op="attention", name="reference", impl=f"{__name__}:attention", kind="reference",
+    op="attention", name="reference", has_backward=True, impl=f"{__name__}:attention", kind="reference",
     priority=-100, description="float64 einsum softmax attention; the ground truth",
 )

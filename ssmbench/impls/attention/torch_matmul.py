@@ -28,7 +28,7 @@ def attention(q, k, v, softmax_scale=None, causal=False):
 
 
 BACKEND = Backend(
-    op="attention", name="torch", impl=f"{__name__}:attention", kind="torch", priority=0,
+    op="attention", name="torch", has_backward=True, impl=f"{__name__}:attention", kind="torch", priority=0,
     tolerances=TOLERANCES,
     description="torch matmul + masked softmax in float32; GQA by repeat_interleave",
 )

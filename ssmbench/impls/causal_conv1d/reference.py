@@ -25,6 +25,6 @@ def causal_conv1d(x, weight, bias=None, activation=None):
 
 
 BACKEND = Backend(
-    op="causal_conv1d", name="reference", impl=f"{__name__}:causal_conv1d", kind="reference",
+    op="causal_conv1d", name="reference", has_backward=True, impl=f"{__name__}:causal_conv1d", kind="reference",
     priority=-100, description="float64 loop over the taps; the ground truth",
 )

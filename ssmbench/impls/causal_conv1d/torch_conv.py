@@ -27,7 +27,7 @@ def causal_conv1d(x, weight, bias=None, activation=None):
 
 
 BACKEND = Backend(
-    op="causal_conv1d", name="torch", impl=f"{__name__}:causal_conv1d", kind="torch",
+    op="causal_conv1d", name="torch", has_backward=True, impl=f"{__name__}:causal_conv1d", kind="torch",
     priority=0, tolerances=TOLERANCES,
     description="torch F.conv1d, groups=d, left padding; float32 accumulation",
 )

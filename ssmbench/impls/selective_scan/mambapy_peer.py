@@ -58,7 +58,7 @@ def _no_last_state(problem: Problem) -> list[str]:
 
 BACKENDS = [
     Backend(
-        op="selective_scan", name=name, impl=f"{__name__}:{impl}", kind="third-party",
+        op="selective_scan", name=name, has_backward=True, impl=f"{__name__}:{impl}", kind="third-party",
         requires=("mambapy",), priority=-20, check_available=partial(import_failure, MODULE),
         check_supported=_no_last_state, description=description,
     )

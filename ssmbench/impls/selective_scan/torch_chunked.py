@@ -180,7 +180,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
 
 
 BACKEND = Backend(
-    op="selective_scan", name="torch_fast", impl=f"{__name__}:selective_scan", kind="torch",
+    op="selective_scan", name="torch_fast", has_backward=True, impl=f"{__name__}:selective_scan", kind="torch",
     priority=5,  # above the plain loop; below our compiled kernels where those run
     description="torch, L in cache-sized blocks: discretisation and C contraction vectorised per "
                 "block, one fused in-place op per step; blocked custom backward",

@@ -30,6 +30,6 @@ selective_scan = functools.partial(common.run, _core)
 selective_scan.__doc__ = "Shapes as ``ssmbench.selective_scan``."
 
 BACKEND = Backend(
-    op="selective_scan", name="torch", impl=f"{__name__}:selective_scan", kind="torch",
+    op="selective_scan", name="torch", has_backward=True, impl=f"{__name__}:selective_scan", kind="torch",
     priority=0, description="torch, Python loop over L with precomputed discretisation",
 )

@@ -46,7 +46,7 @@ def ssd(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=None, initial_st
 
 
 BACKEND = Backend(
-    op="ssd", name="mamba_ssm_ref", impl=f"{__name__}:ssd", kind="third-party",
+    op="ssd", name="mamba_ssm_ref", has_backward=True, impl=f"{__name__}:ssd", kind="third-party",
     requires=("mamba_ssm",), priority=-20, check_available=partial(import_failure, MODULE),
     description="mamba-ssm ssd_minimal_discrete (the paper's minimal chunked SSD); dt, group-to-head "
                 "repeat, length padding, D and z in the adapter",

@@ -148,6 +148,6 @@ class StatePassing(torch.autograd.Function):
 
 
 BACKEND = Backend(
-    op="ssd", name="torch_chunked", impl=f"{__name__}:ssd", kind="torch",
+    op="ssd", name="torch_chunked", has_backward=True, impl=f"{__name__}:ssd", kind="torch",
     priority=10, description="torch, chunked SSD matrix form (batched matmuls, recurrence over chunks)",
 )

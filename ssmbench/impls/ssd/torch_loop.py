@@ -34,6 +34,6 @@ def ssd(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=None, initial_st
 
 
 BACKEND = Backend(
-    op="ssd", name="torch", impl=f"{__name__}:ssd", kind="torch",
+    op="ssd", name="torch", has_backward=True, impl=f"{__name__}:ssd", kind="torch",
     priority=0, description="torch, Python loop over L with precomputed decays",
 )

@@ -41,7 +41,7 @@ def ssd(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=None, initial_st
 
 
 BACKEND = Backend(
-    op="ssd", name="transformers", impl=f"{__name__}:ssd", kind="third-party",
+    op="ssd", name="transformers", has_backward=True, impl=f"{__name__}:ssd", kind="third-party",
     requires=("transformers",), priority=-20, check_available=_available,
     description=f"transformers {MODULE}.{FUNCTION} beneath its kernel wrappers (Mamba2Mixer's torch "
                 "path, chunked); per-channel D and the z gate in the adapter",

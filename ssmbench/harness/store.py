@@ -5,6 +5,7 @@
     results/<run_id>/cases.jsonl     the cases the run was asked to do (what --resume finishes)
     results/<run_id>/rows.jsonl      one flat JSON object per finished case, appended + fsynced
     results/<run_id>/writer.lock     held by the one process writing the run (its pid inside)
+    results/<run_id>/submitit/       job logs and per-job row files of --executor submitit
 
 Rows follow the schema of :mod:`.schema`. ``load_runs`` returns one pandas DataFrame; anything
 unreadable is an error naming the file, line and field, never skipped, except the torn last line
@@ -32,6 +33,7 @@ from .schema import SCHEMA_VERSION, STATUSES, SchemaError, validate_row  # noqa:
 REQUIRED_MANIFEST_FIELDS = {"schema_version": int, "run_id": str, "created": str, "environment": dict,
                             "fingerprint": str}
 LOCK = "writer.lock"  # held (flock) by the one process that writes the run; the kernel frees it on exit
+JOB_LOGS = "submitit"  # a cluster's job logs and per-job row files, beside the run's own files
 
 
 class ResultsError(ValueError):
@@ -83,9 +85,9 @@ class Run:
         }
         try:
             path.mkdir(parents=True, exist_ok=False)
-            _write_whole(path / "cases.jsonl", "".join(json.dumps(_case_record(c), default=str) + "\n"
+            write_whole(path / "cases.jsonl", "".join(json.dumps(_case_record(c), default=str) + "\n"
                                                         for c in cases))
-            _write_whole(path / "manifest.json", json.dumps(manifest, indent=2, default=_json_default))
+            write_whole(path / "manifest.json", json.dumps(manifest, indent=2, default=_json_default))
         except OSError as exc:
             shutil.rmtree(path, ignore_errors=True)
             raise ResultsError(f"{path}: the run folder could not be written ({_os_error(exc)}); "
@@ -161,7 +163,7 @@ class Run:
         if not partial:
             return
         kept = [r for r in rows if r.get("parent_case_id") not in partial]
-        _write_whole(self.rows_file, "".join(json_line(r) for r in kept))
+        write_whole(self.rows_file, "".join(json_line(r) for r in kept))
         _warn(f"{self.rows_file}: dropped {len(rows) - len(kept)} rows of {len(partial)} interleaved case(s) "
               f"cut off before all their rows were written; they run again")
 
@@ -233,7 +235,7 @@ def _warn(message: str) -> None:
     print(f"ssmbench: warning: {message}", file=sys.stderr, flush=True)
 
 
-def _write_whole(path: Path, text: str) -> None:
+def write_whole(path: Path, text: str) -> None:
     """``text`` into ``path`` through a temporary file renamed over it: readers see the old file or
     the new one, never a part."""
     tmp = path.with_name(path.name + ".tmp")

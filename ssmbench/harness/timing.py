@@ -168,7 +168,7 @@ def measure_interleaved(fns: dict[str, Callable[[], object]], device: str = "cpu
     return {n: Timing(samples[n], first[n], warmup_rounds, hot_cache) for n in names}
 
 
-def significant_slowdown(baseline: list[float], current: list[float], alpha: float = 0.01) -> float:
+def significant_slowdown(baseline: list[float], current: list[float]) -> float:
     """One-sided Mann-Whitney U p-value that ``current`` is slower than ``baseline``."""
     from scipy.stats import mannwhitneyu
 

@@ -23,9 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import api
-
-OP_FIELDS = ("selective_scan", "ssd", "causal_conv1d", "causal_conv1d_update", "selective_state_update",
-             "attention")
+from ..impls.registry import OP_NAMES
 
 
 @dataclass(frozen=True)
@@ -55,9 +53,9 @@ class OpBackends:
                     raise ValueError(f"backends: expected op=backend[,op=backend...], got {item!r}")
                 pairs[op.strip()] = name.strip()
             spec = pairs
-        bad = sorted(set(spec) - set(OP_FIELDS))
+        bad = sorted(set(spec) - set(OP_NAMES))
         if bad:
-            raise ValueError(f"backends: unknown op(s) {', '.join(bad)}; known: {', '.join(OP_FIELDS)}")
+            raise ValueError(f"backends: unknown op(s) {', '.join(bad)}; known: {', '.join(OP_NAMES)}")
         return replace(cls(), **spec)
 
     def text(self) -> str:

@@ -23,7 +23,7 @@ from torch import nn
 from ..impls.base import dtype_name, parse_dtype
 from .cache import KVCache, MambaState, ModelCache, build_cache
 from .configs import ModelConfig
-from .layers import MLP, OP_FIELDS, Attention, Mamba2Mixer, MambaMixer, MoE, OpBackends, make_norm
+from .layers import MLP, OP_NAMES, Attention, Mamba2Mixer, MambaMixer, MoE, OpBackends, make_norm
 
 
 def make_mixer(config: ModelConfig, layer: int) -> nn.Module:
@@ -162,14 +162,14 @@ class LanguageModel(nn.Module):
 
     @property
     def op_names(self) -> tuple[str, ...]:
-        """The ops this model's layers call (prefill and decode), in OP_FIELDS order."""
+        """The ops this model's layers call (prefill and decode), in OP_NAMES order."""
         used = set()
         if self.config.attention_layers:
             used.add("attention")
         if self.config.mamba_layers:
             used |= {"selective_scan" if self.config.mamba.version == 1 else "ssd", "causal_conv1d",
                      "causal_conv1d_update", "selective_state_update"}
-        return tuple(op for op in OP_FIELDS if op in used)
+        return tuple(op for op in OP_NAMES if op in used)
 
     @property
     def step_uses_position(self) -> bool:

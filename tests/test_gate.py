@@ -11,7 +11,9 @@ import pytest
 import torch
 
 from ssmbench.harness import cli
-from ssmbench.harness.gate import GateInput, GateRefused, gate, load_input, portable_figures, save_baseline
+from ssmbench.harness.baselines import save_baseline
+from ssmbench.harness.gate import GateRefused, gate, portable_figures
+from ssmbench.harness.gate_input import GateInput, load_input
 from ssmbench.harness import inject
 from ssmbench.harness.execute import base_row, prepare, timing_fields
 from ssmbench.harness.inject import ENV, slowed

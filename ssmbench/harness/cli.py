@@ -155,7 +155,9 @@ def cmd_report(args) -> int:
 
 
 def cmd_gate(args) -> int:
-    from .gate import EXIT_FAIL, confirm, find_baseline, gate, load_input
+    from .baselines import find_baseline
+    from .gate import EXIT_FAIL, confirm, gate
+    from .gate_input import load_input
     from .noise import measure_noise
 
     first = _read_findings(args.confirm) if args.confirm else {}
@@ -197,7 +199,7 @@ def _read_findings(path: Path) -> dict:
 
 
 def cmd_baseline(args) -> int:
-    from .gate import save_baseline
+    from .baselines import save_baseline
 
     for spec in args.runs:
         print(f"baseline saved: {save_baseline(spec, args.results_dir, args.baselines)}")
@@ -290,9 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baselines", type=Path, default=None, help="baseline store (default results/baselines)")
     p.add_argument("--portable", action="store_true",
                    help="machine-independent figures (ratios, exponents, tables, correctness) for CI")
-    p.add_argument("--threshold", type=float, default=0.10, help="slowdown that counts (default 0.10)")
-    p.add_argument("--alpha", type=float, default=0.01, help="Mann-Whitney U p-value that counts")
-    p.add_argument("--ratio-threshold", type=float, default=None,
+    p.add_argument("--threshold", type=_positive(float), default=0.10, help="slowdown that counts (default 0.10)")
+    p.add_argument("--alpha", type=_positive(float), default=0.01, help="Mann-Whitney U p-value that counts")
+    p.add_argument("--ratio-threshold", type=_positive(float), default=None,
                    help="portable mode: worsening of a ratio between our backends that counts (default 0.5)")
     p.add_argument("--all", action="store_true", help="also list unchanged cases")
     p.add_argument("--allow-missing", action="store_true",

@@ -19,11 +19,8 @@ again and fails only on what worsened in both attempts (``confirm``).
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import shutil
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,9 +28,9 @@ import pandas as pd
 
 from ..impls.registry import backends, get_op
 from ..suites.base import Verdict
+from .gate_input import GateInput
 from .noise import Noise
 from .stats import loglog_fit, speedup
-from .store import JOB_LOGS, LOCK, ResultsError, read_manifest, resolve_runs
 from .timing import significant_slowdown
 
 BROKEN = ("incorrect", "failed", "oom", "timeout")
@@ -41,7 +38,6 @@ OUTCOMES = ("regression", "missing", "too noisy", "unconfirmed", "improvement", 
 # Findings whose figure is a timing (or judged from timings): the ones noise can move.
 TIMED_KINDS = ("time", "ratio", "exponent", "verdict")
 EXIT_PASS, EXIT_FAIL, EXIT_TOO_NOISY = 0, 1, 3
-BASELINES = Path("results") / "baselines"
 # Portable mode: how much worse a ratio between two of our backends must get to count. Between
 # two runs on one 2-core CPU, an hour apart, the ratio of a dispatch-bound loop to a compute-bound
 # scan moved by 32% with both runs' 95% intervals tight: such ratios drift between runs more
@@ -118,45 +114,6 @@ def _plain(value):
     if isinstance(value, (int, float, np.number)):
         return float(value)
     return str(value)
-
-
-@dataclass
-class GateInput:
-    """A run (or a pytest-benchmark file) as the gate reads it."""
-
-    name: str
-    fingerprint: str
-    environment: dict
-    rows: pd.DataFrame
-    suite: str | None
-    labels: dict[str, str] = field(default_factory=dict)  # case id -> what the case is, in words
-
-    def label(self, case_id: str, row=None) -> str:
-        if case_id in self.labels:
-            return self.labels[case_id]
-        parent = row.get("parent_case_id") if row is not None else None
-        if isinstance(parent, str) and parent in self.labels:
-            return f"{self.labels[parent]} [{row.get('backend')}]"
-        return case_id
-
-
-def load_input(spec: str | Path, results_dir: Path | None = None) -> GateInput:
-    """A run folder, run id, "latest", "latest:<suite>", or a pytest-benchmark JSON file."""
-    spec = str(spec)
-    if spec.endswith(".json") and Path(spec).is_file():
-        from .pytest_benchmark import read_pytest_benchmark
-
-        return read_pytest_benchmark(Path(spec))
-    from .store import load_runs
-
-    (path,) = resolve_runs([spec], results_dir)
-
-    from .store import Run
-
-    manifest = read_manifest(path)
-    labels = {case.case_id: case.label() for case in Run(path).cases()}
-    return GateInput(str(path), manifest["fingerprint"], manifest["environment"],
-                     load_runs(path, with_environment=False), manifest.get("suite"), labels)
 
 
 def gate(baseline: GateInput, run: GateInput, *, portable: bool = False, threshold: float = 0.10,
@@ -467,34 +424,3 @@ def confirm(result: GateResult, first: dict) -> GateResult:
         return finding
 
     return dataclasses.replace(result, findings=[judged(f) for f in result.findings])
-
-
-# Baselines: results/baselines/<suite>/<fingerprint>/ holds a copy of the run folder.
-
-def save_baseline(run_spec: str, results_dir: Path | None = None, baselines: Path | None = None) -> Path:
-    (path,) = resolve_runs([run_spec], results_dir)
-    manifest = read_manifest(path)
-    target = Path(baselines or BASELINES) / (manifest.get("suite") or "adhoc") / manifest["fingerprint"]
-    if target.exists():
-        shutil.rmtree(target)
-    # The writer's lock and a cluster's job logs belong to the run's life, not to its results.
-    shutil.copytree(path, target, ignore=shutil.ignore_patterns("*.tmp", LOCK, JOB_LOGS))
-    return target
-
-
-def find_baseline(run: GateInput, portable: bool, baselines: Path | None = None) -> Path:
-    """The stored baseline for a run: same suite and fingerprint; for portable gates, else the
-    newest baseline of the suite."""
-    root = Path(baselines or BASELINES) / (run.suite or "adhoc")
-    exact = root / run.fingerprint
-    if exact.is_dir():
-        return exact
-    candidates = sorted(root.glob("*/manifest.json"))
-    if not candidates:
-        raise ResultsError(f"{root}: no baseline stored for suite {run.suite!r}; "
-                           f"record one with: ssmbench baseline save RUN")
-    if not portable:
-        have = ", ".join(p.parent.name for p in candidates)
-        raise GateRefused(f"no baseline of suite {run.suite!r} has fingerprint {run.fingerprint} "
-                          f"(stored: {have}); use --portable or save a baseline on this machine")
-    return max(candidates, key=lambda p: json.loads(p.read_text())["created"]).parent

@@ -40,6 +40,7 @@ class Model:
 
 @dataclass(frozen=True)
 class Comparison:
+    claim_id: str
     claim: str
     fast: str  # series
     slow: str
@@ -75,15 +76,17 @@ HF = Model("Transformer-1.3B", "hf")
 
 def _main_comparisons(mamba: Model = MAMBA, ours: Model = TRANSFORMER, hf: Model = HF) -> tuple[Comparison, ...]:
     return (
-        Comparison("C2: Mamba's generation throughput is 4-5x a Transformer's (best batch; HF generate() "
+        Comparison("C2.throughput-vs-hf",
+                   "C2: Mamba's generation throughput is 4-5x a Transformer's (best batch; HF generate() "
                    "baseline, as the paper's)", mamba.series, hf.series, "4-5x", PAPER_RATIO),
-        Comparison("C2: Mamba's generation throughput is 4-5x a Transformer's (best batch; our static-cache "
+        Comparison("C2.throughput-vs-ours",
+                   "C2: Mamba's generation throughput is 4-5x a Transformer's (best batch; our static-cache "
                    "Transformer with CUDA graphs, a stronger baseline than the paper's)", mamba.series, ours.series,
                    "4-5x", PAPER_RATIO),
     )
 
 
-BIG = Comparison("C2: an (untrained) Mamba-6.9B has higher generation throughput than a Transformer-1.3B",
+BIG = Comparison("C2.mamba-6.9b-vs-transformer-1.3b", "C2: an (untrained) Mamba-6.9B has higher generation throughput than a Transformer-1.3B",
                  Model("Mamba-6.9B").series, TRANSFORMER.series, "higher (figure only)", 1.0)
 
 SETTINGS = {
@@ -100,7 +103,7 @@ SETTINGS = {
         models=(MAMBA, TRANSFORMER, HF, Model("Mamba-6.9B"), Model("Transformer-6.7B"),
                 Model("Transformer-6.7B", "hf")),
         comparisons=_main_comparisons() + (BIG,) + (
-            Comparison("C2: Mamba-6.9B's generation throughput is 4-5x Transformer-6.7B's (best batch; HF "
+            Comparison("C2.throughput-6.9b-vs-6.7b-hf", "C2: Mamba-6.9B's generation throughput is 4-5x Transformer-6.7B's (best batch; HF "
                        "generate())", Model("Mamba-6.9B").series, Model("Transformer-6.7B", "hf").series, "4-5x",
                        PAPER_RATIO),),
         timeout_s=900),
@@ -156,7 +159,7 @@ def judge_comparisons(rows: pd.DataFrame, manifest: dict, comparisons, paper_set
     best = best_batch(rows)
     verdicts = []
     for c in comparisons:
-        base = dict(claim=c.claim, paper_setting=paper_setting, paper_value=c.paper_value, device=device,
+        base = dict(claim_id=c.claim_id, claim=c.claim, paper_setting=paper_setting, paper_value=c.paper_value, device=device,
                     setting=setting)
         r = ratio(best, c.fast, c.slow)
         if r is None:

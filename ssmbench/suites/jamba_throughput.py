@@ -114,7 +114,8 @@ def judge(rows: pd.DataFrame, manifest: dict) -> list[Verdict]:
             + f"; {first['dtype']}; generate {int(first['gen'])}")
     verdicts = []
 
-    base = dict(claim="C4: Jamba's generation throughput is about 3x Mixtral's at long context (batch 1)",
+    base = dict(claim_id="C4.throughput-long-context",
+                claim="C4: Jamba's generation throughput is about 3x Mixtral's at long context (batch 1)",
                 paper_setting=PAPER_SETTING, paper_value=PAPER_RATIO, device=device)
     r = _ratio_at_longest(rows, JAMBA.series, MIXTRAL.series)
     if r is None:
@@ -128,7 +129,8 @@ def judge(rows: pd.DataFrame, manifest: dict) -> list[Verdict]:
                                 reason=f"holds when the ratio at the longest common context is at least "
                                        f"{HOLDS_FROM:g}x" + cpu_note))
 
-    base = dict(claim="C4: Jamba's generation throughput is about 3x Mixtral's at a fixed context, best batch",
+    base = dict(claim_id="C4.throughput-best-batch",
+                claim="C4: Jamba's generation throughput is about 3x Mixtral's at a fixed context, best batch",
                 paper_setting=PAPER_SETTING, paper_value=PAPER_RATIO, device=device)
     sweep = batch_sweep(rows)
     best = best_batch(sweep)
@@ -154,7 +156,7 @@ def judge(rows: pd.DataFrame, manifest: dict) -> list[Verdict]:
     mixtral = fits[fits["model"] == MIXTRAL.config].iloc[0]
     value = jamba["max context"] / mixtral["max context"]
     verdicts.append(Verdict(
-        claim="C4: Jamba fits 2x Mixtral's context on one 80 GB GPU (140K tokens)",
+        claim_id="C4.context-fits-80gb", claim="C4: Jamba fits 2x Mixtral's context on one 80 GB GPU (140K tokens)",
         paper_setting="1x 80 GB GPU; int8 weights ([J] §3.2)", paper_value="140K tokens; 2x Mixtral",
         device="exact byte accounting (no device)",
         setting="published shapes; 8-bit weights, 16-bit KV cache and Mamba states; batch 1; weights + cache "

@@ -142,7 +142,8 @@ def judge(rows: pd.DataFrame, manifest: dict) -> list[Verdict]:
 
 def _speedup_verdict(op: str, r: pd.DataFrame, device: str, setting: str) -> Verdict:
     target = TARGET[op]
-    base = dict(claim=f"our best torch {WHAT[op]} is at least {target:g}x faster than the fastest peer at "
+    base = dict(claim_id=f"peers.{'scan' if op == 'selective_scan' else op}-speedup",
+                claim=f"our best torch {WHAT[op]} is at least {target:g}x faster than the fastest peer at "
                       f"L={TARGET_L}",
                 paper_setting=ISSUE_SETTING, paper_value=f">= {target:g}x", device=device, setting=setting)
     mine = r[r["op"] == op] if len(r) else r
@@ -162,7 +163,7 @@ def _speedup_verdict(op: str, r: pd.DataFrame, device: str, setting: str) -> Ver
 
 
 def _linear_verdict(t: pd.DataFrame, device: str) -> Verdict:
-    base = dict(claim="the time of our fastest torch scans grows linearly in L", paper_setting=ISSUE_SETTING,
+    base = dict(claim_id="peers.linear", claim="the time of our fastest torch scans grows linearly in L", paper_setting=ISSUE_SETTING,
                 paper_value=f"log-log slope <= {LINEAR_MAX} from L=2048 to 8192", device=device,
                 setting="; ".join(filter(None, (_setting_text(t, op) for op in OPS))))
     fits = {}

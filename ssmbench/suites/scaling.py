@@ -187,7 +187,7 @@ def judge(rows: pd.DataFrame, manifest: dict) -> list[Verdict]:
 
 def _linear_verdict(op: str, what: str, mine: pd.DataFrame, device: str, setting: str) -> Verdict:
     claim = f"C1: {what} time grows linearly in L"
-    base = dict(claim=claim, paper_setting=PAPER_SETTING, paper_value="linear in L (figure only)",
+    base = dict(claim_id=f"C1.{'scan' if op == 'selective_scan' else op}-linear", claim=claim, paper_setting=PAPER_SETTING, paper_value="linear in L (figure only)",
                 device=device, setting=setting)
     usable = mine[mine["ci_high"].notna()] if len(mine) else mine
     if usable.empty:
@@ -220,7 +220,7 @@ def _fastest_at_longest(times: pd.DataFrame) -> set[tuple[str, str]]:
 
 
 def _quadratic_verdict(exps: pd.DataFrame, fastest: set, device: str, setting: str) -> Verdict:
-    base = dict(claim="C1: causal attention time grows quadratically in L, faster than the SSMs'",
+    base = dict(claim_id="C1.attention-quadratic", claim="C1: causal attention time grows quadratically in L, faster than the SSMs'",
                 paper_setting=PAPER_SETTING, paper_value="quadratic in L (figure only)", device=device, setting=setting)
     att = exps[(exps["op"] == "attention") & exps["ci_low"].notna()] if len(exps) else exps
     ssm = exps[[(r.op, r.backend) in fastest for r in exps.itertuples()]] if len(exps) else exps
@@ -240,7 +240,8 @@ def _quadratic_verdict(exps: pd.DataFrame, fastest: set, device: str, setting: s
 
 
 def _crossover_verdict(a: Analysis, device: str, setting: str) -> Verdict:
-    base = dict(claim="C1: the selective scan is faster than attention beyond a crossover length",
+    base = dict(claim_id="C1.scan-attention-crossover",
+                claim="C1: the selective scan is faster than attention beyond a crossover length",
                 paper_setting=PAPER_SETTING + "; fused scan vs causal FlashAttention-2",
                 paper_value="faster beyond L=2K; up to 7x at L=32K", device=device, setting=setting)
     rows = a.crossovers
@@ -286,7 +287,7 @@ def fused_speedup(a: Analysis) -> dict | None:
 
 
 def _fused_verdict(a: Analysis, device: str, setting: str) -> Verdict:
-    base = dict(claim="C1: the fused scan is 20-40x faster than a standard PyTorch scan",
+    base = dict(claim_id="C1.fused-vs-torch-scan", claim="C1: the fused scan is 20-40x faster than a standard PyTorch scan",
                 paper_setting=PAPER_SETTING, paper_value="20-40x", device=device, setting=setting)
     result = fused_speedup(a)
     if result is None:
@@ -304,7 +305,7 @@ def _fused_verdict(a: Analysis, device: str, setting: str) -> Verdict:
 
 
 def _decode_state_verdict(memory: pd.DataFrame, device: str) -> Verdict:
-    base = dict(claim="C1: an SSM's decode-step state is constant in L; a KV cache grows linearly",
+    base = dict(claim_id="C1.decode-state", claim="C1: an SSM's decode-step state is constant in L; a KV cache grows linearly",
                 paper_setting="state (B, D, N) + conv state (B, D, d_conv) vs KV cache 2 x L x D per layer",
                 paper_value="constant vs linear", device=device)
     if memory.empty:
@@ -327,7 +328,7 @@ def _decode_state_verdict(memory: pd.DataFrame, device: str) -> Verdict:
 
 
 def _peak_verdict(peak: pd.DataFrame, device: str, setting: str) -> Verdict:
-    base = dict(claim="C1: the scan's memory grows linearly in L",
+    base = dict(claim_id="C1.scan-memory-linear", claim="C1: the scan's memory grows linearly in L",
                 paper_setting=PAPER_SETTING, paper_value="linear in L", device=device, setting=setting)
     scan = peak[peak["op"].isin(SSM_OPS) & peak["ci_high"].notna()] if len(peak) else peak
     if scan.empty:

@@ -154,9 +154,7 @@ def _speedup_verdict(op: str, r: pd.DataFrame, device: str, setting: str) -> Ver
     note = "" if at["L"] == TARGET_L else f"; measured at L={at['L']}, not the target's L={TARGET_L}"
     measured = (f"{at['peer']} / {at['ours']} at L={at['L']}: {at['speedup']:.2f}x [{at['ci_low']:.2f}, "
                 f"{at['ci_high']:.2f}] ({at['peer_ms']:.1f} ms vs {at['ours_ms']:.1f} ms)")
-    verdict = ("holds" if at["ci_low"] >= target else "does not hold" if at["ci_high"] < target
-               else "not measured")
-    return Verdict(**base, measured=measured, verdict=verdict,
+    return Verdict(**base, measured=measured, verdict=common.interval_verdict(at["ci_low"], at["ci_high"], target),
                    reason=f"holds when the 95% bootstrap interval of the fastest peer's median time over our "
                           f"fastest backend's lies at or above {target:g}x, does not hold when it lies below, "
                           f"and is undecided when it straddles {target:g}x; at the longest L both ran" + note)
@@ -181,7 +179,7 @@ def _linear_verdict(t: pd.DataFrame, device: str) -> Verdict:
     # slope above the bound is not evidence enough to reject, only to leave the claim open.
     holds = all((f.high if not math.isnan(f.high) else f.slope) <= LINEAR_MAX for f in fits.values())
     fails = any(not math.isnan(f.low) and f.low > LINEAR_MAX for f in fits.values())
-    verdict = ("does not hold" if fails else "not measured" if missing or not holds else "holds")
+    verdict = ("does not hold" if fails else "undecided" if not holds else "not measured" if missing else "holds")
     return Verdict(**base, measured=measured, verdict=verdict,
                    reason=f"holds when, for each op, the log-log slope of its fastest torch backend (at the longest "
                           f"L) over L >= {LINEAR_FROM} (else the upper half of the lengths) is at most {LINEAR_MAX}, "

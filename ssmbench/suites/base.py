@@ -111,7 +111,9 @@ class Suite:
     """name: the --suite name. presets: preset name -> function returning the cases.
     judge(rows, manifest) -> verdicts. figures(rows, folder) -> PNG paths written.
     tables(rows) -> {title: DataFrame} for the report (default: the timing table).
-    threads: preset -> torch threads when the command line names none (recorded as always)."""
+    threads: preset -> torch threads when the command line names none (recorded as always).
+    figure_of: claim id -> the names of the PNGs of ``figures`` that show it, the first one written
+    is the report summary's figure for that claim."""
 
     name: str
     description: str
@@ -122,6 +124,7 @@ class Suite:
     default_preset: str = "cpu-small"
     extra: Mapping[str, Any] = field(default_factory=dict)
     threads: Mapping[str, int] = field(default_factory=dict)
+    figure_of: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     def cases(self, preset: str) -> list[Case]:
         if preset not in self.presets:

@@ -338,4 +338,5 @@ SUITE = Suite(
     description="C2: generation throughput of Mamba vs a Transformer (ours and Hugging Face) by batch",
     presets=common.presets(cases, SETTINGS),
     judge=judge, figures=figures, tables=tables,
+    figure_of={c.claim_id: ("generation_throughput.png",) for s in SETTINGS.values() for c in s.comparisons},
 )

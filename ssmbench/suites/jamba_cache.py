@@ -235,4 +235,5 @@ SUITE = Suite(
     description="C4: KV cache of Jamba against Llama-2, Mistral and Mixtral (Table 1), formula and built caches",
     presets=PRESETS, judge=judge, figures=figures, tables=tables,
     extra={"paper_values": paper_values, "paper_tables": paper_tables},
+    figure_of={c: ("jamba_cache.png",) for c in ("C4.table1", "C4.cache-bytes-exact", "C4.kv-cache-8x")},
 )

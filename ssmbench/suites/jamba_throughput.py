@@ -238,4 +238,6 @@ SUITE = Suite(
     description="C4: generation throughput of a Jamba-style hybrid vs Mixtral-style MoE vs dense, by context and batch",
     presets=common.presets(cases, SETTINGS),
     judge=judge, figures=figures, tables=tables,
+    figure_of={"C4.throughput-long-context": ("jamba_throughput_context.png",),
+               "C4.throughput-best-batch": ("jamba_throughput_batch.png",)},
 )

@@ -244,4 +244,6 @@ SUITE = Suite(
     presets=common.presets(cases, SETTINGS),
     judge=judge, figures=figures, tables=tables,
     threads={name: s.threads for name, s in SETTINGS.items()},
+    figure_of={"peers.scan-speedup": ("peers_selective_scan.png",), "peers.ssd-speedup": ("peers_ssd.png",),
+               "peers.linear": ("peers_selective_scan.png", "peers_ssd.png")},
 )

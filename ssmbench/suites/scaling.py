@@ -472,4 +472,7 @@ SUITE = Suite(
     judge=judge, figures=figures, tables=tables,
     extra={"paper_values": paper_values},
     threads={"cpu-small": common.CPU_THREADS},
+    figure_of={**{f"C1.{c}": ("scaling_time.png",) for c in ("scan-linear", "ssd-linear", "attention-quadratic",
+                                                             "scan-attention-crossover", "fused-vs-torch-scan")},
+               "C1.decode-state": ("scaling_memory.png",), "C1.scan-memory-linear": ("scaling_memory.png",)},
 )

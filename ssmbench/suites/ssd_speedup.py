@@ -278,4 +278,6 @@ SUITE = Suite(
     judge=judge, figures=figures, tables=tables,
     extra={"paper_values": paper_values},
     threads={"cpu-small": common.CPU_THREADS},
+    figure_of={"C3.ssd-vs-scan": ("ssd_speedup_L.png",), "C3.ssd-attention-crossover": ("ssd_speedup_L.png",),
+               "C3.state-size": ("ssd_speedup_N.png",)},
 )

@@ -58,9 +58,10 @@ def test_a_malformed_claim_id_is_refused(bad):
 
 # Case versions.
 def test_case_version_changes_the_id_and_version_one_keeps_the_old_ids():
-    case = Case(suite="s", op="selective_scan", backend="torch", params={"seqlen": 8})
-    assert Case(suite="s", op="selective_scan", backend="torch", params={"seqlen": 8}, version=1).case_id == case.case_id
-    assert Case(suite="s", op="selective_scan", backend="torch", params={"seqlen": 8}, version=2).case_id != case.case_id
+    fields = dict(suite="s", op="selective_scan", backend="torch", params={"seqlen": 8})
+    case = Case(**fields)
+    assert Case(**fields, version=1).case_id == case.case_id
+    assert Case(**fields, version=2).case_id != case.case_id
     with pytest.raises(ValueError, match="version"):
         Case(suite="s", params={}, version=0)
 
@@ -197,3 +198,16 @@ def test_a_slope_without_an_interval_leaves_the_peers_linearity_undecided():
     rows = op_rows({("selective_scan", "torch_fast"): lambda L: 1e-3 * L ** 1.3}, [512, 1024], dim=1536)
     v = by_id(judged("peers", rows, {}))["peers.linear"]
     assert v.verdict == "undecided" and "no interval: 2 points" in v.measured
+
+
+@pytest.mark.parametrize("name", [n for n in available_suites() if get_suite(n).judge is not None])
+def test_figure_of_names_claims_the_judge_gives_and_figures_the_suite_writes(name, tmp_path):
+    suite = get_suite(name)
+    path = baseline_runs()[name]
+    rows = load_runs(path)
+    ids = {v.claim_id for v in judged(name, rows, read_manifest(path))}
+    if name == "generation":  # the paper preset's comparisons too
+        ids |= {c.claim_id for s in GENERATION_SETTINGS.values() for c in s.comparisons}
+    assert set(suite.figure_of) <= ids
+    written = {p.name for p in suite.figures(rows, tmp_path)}
+    assert {f for names in suite.figure_of.values() for f in names} <= written

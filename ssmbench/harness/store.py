@@ -320,7 +320,8 @@ def read_rows(path: Path) -> list[dict]:
     return rows
 
 
-def resolve_runs(specs: Iterable[str | Path], results_dir: Path | None = None, whole_job: bool = False) -> list[Path]:
+def resolve_runs(specs: Iterable[str | Path], results_dir: Path | None = None,
+                 whole_job: bool = False) -> list[Path]:
     """Run folders from paths, run ids, or "latest" (the newest run in the results folder; with
     ``whole_job``, every run of the command that made it, in the order they were made)."""
     base = Path(results_dir or default_results_dir())

@@ -107,7 +107,8 @@ def _main_comparisons(mamba: Model = MAMBA, ours: Model = TRANSFORMER, hf: Model
     )
 
 
-BIG = Comparison("C2.mamba-6.9b-vs-transformer-1.3b", "C2: an (untrained) Mamba-6.9B has higher generation throughput than a Transformer-1.3B",
+BIG = Comparison("C2.mamba-6.9b-vs-transformer-1.3b",
+                 "C2: an (untrained) Mamba-6.9B has higher generation throughput than a Transformer-1.3B",
                  Model("Mamba-6.9B").series, TRANSFORMER.series, "higher (figure only)", 1.0)
 
 SETTINGS = {
@@ -124,7 +125,8 @@ SETTINGS = {
         models=(MAMBA, TRANSFORMER, HF, Model("Mamba-6.9B"), Model("Transformer-6.7B"),
                 Model("Transformer-6.7B", "hf")),
         comparisons=_main_comparisons() + (BIG,) + (
-            Comparison("C2.throughput-6.9b-vs-6.7b-hf", "C2: Mamba-6.9B's generation throughput is 4-5x Transformer-6.7B's (best batch; HF "
+            Comparison("C2.throughput-6.9b-vs-6.7b-hf",
+                       "C2: Mamba-6.9B's generation throughput is 4-5x Transformer-6.7B's (best batch; HF "
                        "generate())", Model("Mamba-6.9B").series, Model("Transformer-6.7B", "hf").series, "4-5x",
                        PAPER_RATIO),),
         timeout_s=900),
@@ -201,7 +203,8 @@ def judge_comparisons(rows: pd.DataFrame, manifest: dict, comparisons, paper_set
     names = dict(zip(rows["series"], labelled(rows)["series"])) if "series" in rows else {}
     verdicts = []
     for c in comparisons:
-        base = dict(claim_id=c.claim_id, claim=c.claim, paper_setting=paper_setting, paper_value=c.paper_value, device=device,
+        base = dict(claim_id=c.claim_id, claim=c.claim, paper_setting=paper_setting, paper_value=c.paper_value,
+                    device=device,
                     setting=setting)
         r = ratio(best, c.fast, c.slow)
         if r is None:
@@ -211,7 +214,8 @@ def judge_comparisons(rows: pd.DataFrame, manifest: dict, comparisons, paper_set
         value, a, b = r
         low, high = throughput_interval(case_row(rows, c.fast, batch=a["best batch"]),
                                         case_row(rows, c.slow, batch=b["best batch"]))
-        measured = (f"{value:.2f}x [{low:.2f}, {high:.2f}]: {names.get(c.fast, c.fast)} {a['tokens/s']:,.1f} tokens/s at batch "
+        measured = (f"{value:.2f}x [{low:.2f}, {high:.2f}]: {names.get(c.fast, c.fast)} {a['tokens/s']:,.1f} "
+                    f"tokens/s at batch "
                     f"{int(a['best batch'])} vs {names.get(c.slow, c.slow)} {b['tokens/s']:,.1f} tokens/s at batch "
                     f"{int(b['best batch'])}")
         reason = (f"holds when the best-batch throughput ratio's 95% bootstrap interval (over the timed repeats) "

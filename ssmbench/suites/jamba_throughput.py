@@ -20,8 +20,8 @@ from ..models.configs import get_model
 from ..models.generate import GIB, case_config, footprint, max_context
 from . import common
 from .base import Case, Suite, Verdict
-from .generation import (FN, Model, best_batch, case_row, case_table, labelled, memory_table, ok_rows, throughput_figure,
-                         throughput_interval, throughput_table)
+from .generation import (FN, Model, best_batch, case_row, case_table, labelled, memory_table, ok_rows,
+                         throughput_figure, throughput_interval, throughput_table)
 
 NAME = "jamba_throughput"
 JAMBA, MIXTRAL, DENSE = Model("Jamba-v0.1"), Model("Mixtral-8x7B"), Model("Llama-2-7B")
@@ -150,7 +150,8 @@ def judge(rows: pd.DataFrame, manifest: dict) -> list[Verdict]:
         context, batches = int(sweep["prompt"].iloc[0]), sorted(int(b) for b in sweep["batch"].unique())
         verdicts.append(Verdict(
             **base, setting=f"{size}; context {context:,}, batch {batches[0]}..{batches[-1]}",
-            measured=f"{value:.2f}x [{low:.2f}, {high:.2f}] (Jamba {a['tokens/s']:,.1f} tokens/s at batch {int(a['best batch'])}, Mixtral "
+            measured=f"{value:.2f}x [{low:.2f}, {high:.2f}] (Jamba {a['tokens/s']:,.1f} tokens/s at batch "
+                     f"{int(a['best batch'])}, Mixtral "
                      f"{b['tokens/s']:,.1f} at batch {int(b['best batch'])}; Mixtral's batches not run: "
                      f"{b['batches not run']})",
             verdict=common.interval_verdict(low, high, HOLDS_FROM),

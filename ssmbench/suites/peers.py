@@ -161,7 +161,8 @@ def _speedup_verdict(op: str, r: pd.DataFrame, device: str, setting: str) -> Ver
 
 
 def _linear_verdict(t: pd.DataFrame, device: str) -> Verdict:
-    base = dict(claim_id="peers.linear", claim="the time of our fastest torch scans grows linearly in L", paper_setting=ISSUE_SETTING,
+    base = dict(claim_id="peers.linear", claim="the time of our fastest torch scans grows linearly in L",
+                paper_setting=ISSUE_SETTING,
                 paper_value=f"log-log slope <= {LINEAR_MAX} from L=2048 to 8192", device=device,
                 setting="; ".join(filter(None, (_setting_text(t, op) for op in OPS))))
     fits = {}

@@ -153,7 +153,8 @@ def judge(rows: pd.DataFrame, manifest: dict) -> list[Verdict]:
 
 
 def _speedup_verdict(a: Analysis, base: dict) -> Verdict:
-    claim = dict(claim_id="C3.ssd-vs-scan", claim="C3: SSD is 2-8x faster than Mamba-1's selective scan at N=64", paper_value="2-8x", **base)
+    claim = dict(claim_id="C3.ssd-vs-scan", claim="C3: SSD is 2-8x faster than Mamba-1's selective scan at N=64",
+                 paper_value="2-8x", **base)
     s = a.speedups
     if s.empty:
         return Verdict(**claim, measured="scan and SSD not both timed at a common L", verdict="not measured",
@@ -171,7 +172,8 @@ def _speedup_verdict(a: Analysis, base: dict) -> Verdict:
 
 
 def _crossover_verdict(a: Analysis, base: dict) -> Verdict:
-    claim = dict(claim_id="C3.ssd-attention-crossover", claim="C3: SSD becomes faster than attention beyond a crossover length",
+    claim = dict(claim_id="C3.ssd-attention-crossover",
+                 claim="C3: SSD becomes faster than attention beyond a crossover length",
                  paper_value="crosses FlashAttention-2 at L=2K; 6x faster at L=16K", **base)
     c = a.crossover
     if c is None or not c.lengths:
@@ -191,7 +193,8 @@ def _crossover_verdict(a: Analysis, base: dict) -> Verdict:
 
 
 def _n_verdict(a: Analysis, base: dict) -> Verdict:
-    claim = dict(claim_id="C3.state-size", claim="C3: at fixed L, scan time grows linearly in N while SSD stays nearly flat",
+    claim = dict(claim_id="C3.state-size",
+                 claim="C3: at fixed L, scan time grows linearly in N while SSD stays nearly flat",
                  paper_value="scan linear in N; SSD nearly flat up to N=256 (L=4K)", **base)
     e = a.n_exponents
     fastest = e[e["backend"] == "fastest"].set_index("op") if len(e) else e

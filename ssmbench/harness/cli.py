@@ -115,6 +115,7 @@ def cmd_run(args) -> int:
                                 progress=not args.quiet, executor=executor)]
     else:
         from ..suites import get_suite
+        from .store import new_job_id
 
         if not args.suite:
             raise ValueError("--suite is required unless --resume names a run")
@@ -123,6 +124,7 @@ def cmd_run(args) -> int:
         keep = (_names(args.backends, "--backends", {name for op in OP_NAMES for name in backends(op)})
                 if args.backends else None)
         summaries = []
+        job_id = new_job_id()  # `report latest` reports every run of this command
         for suite in suites:
             preset = args.preset or suite.default_preset
             cases = suite.cases(preset)
@@ -136,7 +138,7 @@ def cmd_run(args) -> int:
             summaries.append(start_run(f"{suite.name}-{preset}", cases, suite=suite.name, preset=preset,
                                        device=device, results_dir=args.results_dir,
                                        threads=args.threads or suite.threads.get(preset), progress=not args.quiet,
-                                       executor=executor))
+                                       executor=executor, job_id=job_id))
             print(summaries[-1].line(), flush=True)
     if args.resume:
         print(summaries[0].line())
@@ -280,7 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_tables)
 
     p = sub.add_parser("report", help="write the report of one or more runs")
-    p.add_argument("runs", nargs="*", help="run folders or ids (default: latest)")
+    p.add_argument("runs", nargs="*", help="run folders or ids; 'latest' (the default): every run of the latest "
+                                           "`ssmbench run` command (one per suite)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("gate", help="fail (exit 1) when a run regresses against a baseline or lacks its cases; "

@@ -1,7 +1,8 @@
 """Stored runs: one folder per run under results/, a manifest and rows written as cases finish.
 
     results/<run_id>/manifest.json   run id, git commit + dirty flag, time, command, suite,
-                                     preset, environment, fingerprint, ceilings, schema version
+                                     preset, environment, fingerprint, ceilings, schema version,
+                                     job id (shared by the runs of one command)
     results/<run_id>/cases.jsonl     the cases the run was asked to do (what --resume finishes)
     results/<run_id>/rows.jsonl      one flat JSON object per finished case, appended + fsynced
     results/<run_id>/writer.lock     held by the one process writing the run (its pid inside)
@@ -59,6 +60,11 @@ def git_state(path: Path | None = None) -> dict[str, Any]:
 def new_run_id(label: str) -> str:
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     return f"{stamp}-{label}-{secrets.token_hex(2)}"
+
+
+def new_job_id() -> str:
+    """The id that the runs of one command share (one run per suite of ``--suite a,b,c``)."""
+    return new_run_id("job")
 
 
 class Run:
@@ -316,13 +322,17 @@ def read_rows(path: Path) -> list[dict]:
     return rows
 
 
-def resolve_runs(specs: Iterable[str | Path], results_dir: Path | None = None) -> list[Path]:
-    """Run folders from paths, run ids, or "latest" (the newest run in the results folder)."""
+def resolve_runs(specs: Iterable[str | Path], results_dir: Path | None = None,
+                 whole_job: bool = False) -> list[Path]:
+    """Run folders from paths, run ids, or "latest" (the newest run in the results folder; with
+    ``whole_job``, every run of the command that made it, in the order they were made)."""
     base = Path(results_dir or default_results_dir())
     paths = []
     for spec in specs:
         spec = str(spec)
-        if spec == "latest" or spec.startswith("latest:"):
+        if spec == "latest" and whole_job:
+            paths.extend(job_runs(base, latest_run(base)))
+        elif spec == "latest" or spec.startswith("latest:"):
             paths.append(latest_run(base, suite=spec.partition(":")[2] or None))
         elif Path(spec).is_dir():
             paths.append(Path(spec))
@@ -341,6 +351,16 @@ def latest_run(results_dir: Path, suite: str | None = None) -> Path:
         of = f" of suite {suite!r}" if suite else ""
         raise ResultsError(f"{results_dir}: holds no runs{of}")
     return max(manifests, key=lambda pm: pm[1]["created"])[0]
+
+
+def job_runs(results_dir: Path, run: Path) -> list[Path]:
+    """The runs under ``results_dir`` that share ``run``'s job id, oldest first; ``run`` alone
+    when its manifest has none (runs made before job ids)."""
+    job = read_manifest(run).get("job_id")
+    if not job:
+        return [Path(run)]
+    manifests = [(p.parent, read_manifest(p.parent)) for p in Path(results_dir).glob("*/manifest.json")]
+    return [p for p, m in sorted(manifests, key=lambda pm: pm[1]["created"]) if m.get("job_id") == job]
 
 
 def _add_ceiling_fractions(frame, ceilings: dict) -> None:

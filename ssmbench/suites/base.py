@@ -12,10 +12,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
-VERDICTS = ("holds", "does not hold", "not measured")
+# "undecided": measured, but the interval the rule needs straddles its threshold; "not applicable":
+# the mechanism the claim rests on cannot show on this device (the reason names it); "not
+# measured": nothing was timed for it.
+VERDICTS = ("holds", "does not hold", "undecided", "not applicable", "not measured")
+# "C<n>.<name>" for a claim of the papers (the numbers of the claims' list), "<suite>.<name>"
+# for a target of the project's own.
+CLAIM_ID = re.compile(r"^(C[0-9]+|[a-z_]+)\.[a-z0-9]+(-[a-z0-9.]+)*$")
 PASS_MODES = ("forward", "backward", "forward_backward")
 
 
@@ -43,8 +50,14 @@ class Case:
     # What an op case times: the forward, the backward alone (from activations stored by one
     # forward), or both. Checked gradients come before a timed backward.
     pass_mode: str = "forward"
+    # Bump when the case's inputs or semantics change (what make_inputs builds, what the function
+    # measures): the case id changes with it, so rows of the old meaning are never compared with
+    # the new. Version 1 is left out of the id, which keeps the ids of cases made before versions.
+    version: int = 1
 
     def __post_init__(self):
+        if not isinstance(self.version, int) or isinstance(self.version, bool) or self.version < 1:
+            raise ValueError(f"Case: version must be an int of at least 1, got {self.version!r}")
         if self.pass_mode not in PASS_MODES:
             raise ValueError(f"Case: pass_mode must be one of {', '.join(PASS_MODES)}, got {self.pass_mode!r}")
 
@@ -56,7 +69,8 @@ class Case:
              "series": self.series, "params": dict(self.params),
              **({"backends": list(self.backends), "stability": self.stability} if self.backends else {}),
              # Forward cases keep the ids they had before pass modes existed (baselines, resume).
-             **({"pass_mode": self.pass_mode} if self.pass_mode != "forward" else {})},
+             **({"pass_mode": self.pass_mode} if self.pass_mode != "forward" else {}),
+             **({"version": self.version} if self.version != 1 else {})},
             sort_keys=True, default=str,
         )
         return hashlib.sha1(key.encode()).hexdigest()[:16]
@@ -71,8 +85,10 @@ class Case:
 
 @dataclass(frozen=True)
 class Verdict:
-    """One claim judged from one run's rows."""
+    """One claim judged from one run's rows. ``claim_id`` names the claim whatever its sentence
+    says (gates and summaries key by it): "C1.scan-linear", see CLAIM_ID."""
 
+    claim_id: str
     claim: str  # e.g. "C1: selective scan time grows linearly in L"
     paper_setting: str
     paper_value: str
@@ -83,6 +99,9 @@ class Verdict:
     reason: str = ""
 
     def __post_init__(self):
+        if not CLAIM_ID.match(self.claim_id):
+            raise ValueError(f"claim_id must look like 'C1.scan-linear' or 'peers.scan-speedup' (lower case, "
+                             f"words joined by '-'), got {self.claim_id!r}")
         if self.verdict not in VERDICTS:
             raise ValueError(f"verdict must be one of {VERDICTS}, got {self.verdict!r}")
 
@@ -92,7 +111,9 @@ class Suite:
     """name: the --suite name. presets: preset name -> function returning the cases.
     judge(rows, manifest) -> verdicts. figures(rows, folder) -> PNG paths written.
     tables(rows) -> {title: DataFrame} for the report (default: the timing table).
-    threads: preset -> torch threads when the command line names none (recorded as always)."""
+    threads: preset -> torch threads when the command line names none (recorded as always).
+    figure_of: claim id -> the names of the PNGs of ``figures`` that show it, the first one written
+    is the report summary's figure for that claim."""
 
     name: str
     description: str
@@ -103,6 +124,7 @@ class Suite:
     default_preset: str = "cpu-small"
     extra: Mapping[str, Any] = field(default_factory=dict)
     threads: Mapping[str, int] = field(default_factory=dict)
+    figure_of: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     def cases(self, preset: str) -> list[Case]:
         if preset not in self.presets:

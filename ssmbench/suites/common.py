@@ -87,8 +87,7 @@ def timed(rows: pd.DataFrame) -> pd.DataFrame:
 def device_label(rows: pd.DataFrame, manifest: dict | None = None) -> str:
     """Where the rows were measured, in words; a CPU run never reads as a GPU number."""
     env = (manifest or {}).get("environment", {})
-    on_gpu = "device" in rows and (rows["device"] == "cuda").any()
-    if on_gpu:
+    if on_gpu(rows):
         name = _first(rows, "gpu_name") or env.get("gpu_name") or "unknown GPU"
         return f"GPU: {name}"
     cpu = _first(rows, "cpu_model") or env.get("cpu_model") or "unknown CPU"
@@ -175,6 +174,41 @@ def crossover(a: pd.Series, b: pd.Series) -> Crossover:
     lx0, lx1 = np.log(lengths[i]), np.log(lengths[i + 1])
     at = lx0 + (0 - log_r[i]) * (lx1 - lx0) / (log_r[i + 1] - log_r[i])
     return Crossover("crossed", float(np.exp(at)), tuple(lengths), tuple(ratio))
+
+
+def faster_at_longest(fast: pd.DataFrame, slow: pd.DataFrame) -> dict | None:
+    """At the longest L timed in both (rows with ``L``, ``median_ms`` and ``samples_ms``): the
+    fastest row of each, and time(slow) / time(fast) with its bootstrap interval; None with no
+    common L."""
+    common_L = sorted(set(fast["L"]) & set(slow["L"])) if len(fast) and len(slow) else []
+    if not common_L:
+        return None
+    L = common_L[-1]
+    a = fast[fast["L"] == L].sort_values("median_ms").iloc[0]
+    b = slow[slow["L"] == L].sort_values("median_ms").iloc[0]
+    ratio, low, high = speedup(b["samples_ms"], a["samples_ms"])
+    return {"L": int(L), "fast": a["backend"], "slow": b["backend"], "ratio": ratio, "low": low, "high": high}
+
+
+# Verdicts.
+def interval_verdict(low: float, high: float, at_least: float) -> str:
+    """"holds" when the interval lies at or above ``at_least``, "does not hold" when it lies
+    below, "undecided" when it straddles it or there is none (NaN): a verdict flips only on an
+    interval that decides."""
+    if math.isnan(low) or math.isnan(high):
+        return "undecided"
+    return "holds" if low >= at_least else "does not hold" if high < at_least else "undecided"
+
+
+def all_of(verdicts: Iterable[str]) -> str:
+    """The verdict of a claim that needs every part to hold: one part that does not hold decides
+    it, then one undecided part."""
+    verdicts = list(verdicts)
+    return next((v for v in ("does not hold", "undecided") if v in verdicts), "holds")
+
+
+def on_gpu(rows: pd.DataFrame) -> bool:
+    return "device" in rows and bool((rows["device"] == "cuda").any())
 
 
 def _extrapolate(a: pd.Series, b: pd.Series, beyond: float, reach: float = 256) -> float | None:

@@ -234,22 +234,24 @@ def test_a_run_missing_cases_fails_unless_missing_is_allowed():
     assert grown.exit_code == 0 and {f.key for f in grown.outcomes("new") if f.kind == "status"} == {"torch-4096", "fast-4096"}
 
 
-def test_a_reworded_or_dropped_claim_is_missing_not_skipped(monkeypatch):
+def test_claims_are_matched_by_id_and_a_dropped_one_is_missing(monkeypatch):
     import ssmbench.harness.gate as gate_module
     from ssmbench.suites.base import Verdict
 
     def verdicts(*claims):
-        return {c: Verdict(claim=c, paper_setting="", paper_value="", device="cpu", setting="",
-                           measured=f"figure of {c}", verdict="holds") for c in claims}
+        return {i: Verdict(claim_id=i, claim=text, paper_setting="", paper_value="", device="cpu", setting="",
+                           measured=f"figure of {i}", verdict="holds") for i, text in claims}
 
     rows = synthetic_rows(BASE)
     base, run = _input(rows, name="base"), _input(rows, name="run")
-    judged = {"base": verdicts("C1: a", "C1: b"), "run": verdicts("C1: a", "C1: b, reworded")}
+    judged = {"base": verdicts(("C1.a", "C1: a"), ("C1.b", "C1: b"), ("C1.c", "C1: c")),
+              "run": verdicts(("C1.a", "C1: a"), ("C1.b", "C1: b, reworded"), ("C1.d", "C1: d"))}
     monkeypatch.setattr(gate_module, "_verdicts", lambda entry: judged[entry.name])
     result = gate(base, run, portable=True)
     by_claim = {f.key: f for f in result.findings if f.kind == "verdict"}
-    assert by_claim["C1: b"].outcome == "missing" and by_claim["C1: b, reworded"].outcome == "new"
-    assert by_claim["C1: a"].outcome == "unchanged" and "run: figure of C1: a" in by_claim["C1: a"].detail
+    assert by_claim["C1.b"].outcome == "unchanged" and "C1: b, reworded" in by_claim["C1.b"].detail
+    assert by_claim["C1.c"].outcome == "missing" and by_claim["C1.d"].outcome == "new"
+    assert "run: figure of C1.a" in by_claim["C1.a"].detail
     assert result.exit_code == 1
 
 

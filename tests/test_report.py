@@ -94,3 +94,20 @@ def test_one_run_command_gives_its_runs_one_job_id(monkeypatch, tmp_path):
     assert [s for s, _ in made] == ["jamba_cache", "ssd_speedup"] * 2
     jobs = [j for _, j in made]
     assert jobs[0] == jobs[1] != jobs[2] == jobs[3]
+
+
+def test_a_run_measured_on_two_machines_is_reported_per_machine(tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    folder = stored("jamba_cache", results, None, "2026-01-01T00:00:00+00:00")
+    lines = (folder / "rows.jsonl").read_text().splitlines()
+    half = len(lines) // 2
+    rows = [json.loads(line) for line in lines]
+    for i, row in enumerate(rows):
+        row["fingerprint"] = "aaaaaaaaaaaa" if i < half else "bbbbbbbbbbbb"
+    (folder / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    text = (write_report([str(folder)], out_dir=tmp_path / "reports") / "index.md").read_text()
+    assert "## Suite jamba_cache, measured on fingerprint aaaaaaaaaaaa" in text
+    assert "## Suite jamba_cache, measured on fingerprint bbbbbbbbbbbb" in text
+    summary = text.split("\n## Suite ")[0]
+    assert "| machine " in summary and "fingerprint bbbbbbbbbbbb" in summary

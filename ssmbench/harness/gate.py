@@ -384,21 +384,22 @@ def _verdicts(entry: GateInput) -> dict[str, Verdict]:
             continue
         for verdict in suite.judge(entry.rows[entry.rows["suite"] == suite_name],
                                    {"environment": entry.environment}):
-            out[verdict.claim] = verdict
+            out[verdict.claim_id] = verdict
     return out
 
 
 def _verdict_findings(baseline: GateInput, run: GateInput) -> list[Finding]:
-    """Each claim's verdict in both runs; the detail is the figure that decided the run's."""
+    """Each claim's verdict in both runs, matched by claim id (a reworded claim is still the
+    claim); the detail is the claim and the figure that decided the run's verdict."""
     b, c = _verdicts(baseline), _verdicts(run)
     findings = []
     for claim in sorted(set(b) | set(c)):
         was, now = b.get(claim), c.get(claim)
         if now is None:
-            findings.append(Finding(claim, "verdict", was.verdict, None, "missing", detail=was.measured))
+            findings.append(Finding(claim, "verdict", was.verdict, None, "missing", detail=f"{was.claim}: {was.measured}"))
             continue
         if was is None:
-            findings.append(Finding(claim, "verdict", None, now.verdict, "new", detail=now.measured))
+            findings.append(Finding(claim, "verdict", None, now.verdict, "new", detail=f"{now.claim}: {now.measured}"))
             continue
         if was.verdict == "holds" and now.verdict == "does not hold":
             outcome = "regression"
@@ -407,7 +408,7 @@ def _verdict_findings(baseline: GateInput, run: GateInput) -> list[Finding]:
         else:
             outcome = "unchanged"
         findings.append(Finding(claim, "verdict", was.verdict, now.verdict, outcome,
-                                detail=f"baseline: {was.measured}; run: {now.measured}"))
+                                detail=f"{now.claim}: baseline: {was.measured}; run: {now.measured}"))
     return findings
 
 

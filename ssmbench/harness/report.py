@@ -74,24 +74,27 @@ def write_report(runs, results_dir: Path | None = None, out_dir: Path | None = N
     sections: list[tuple[str, list]] = []  # (title, blocks); a block is str (markdown) or DataFrame
     claims: list[dict] = []
     for suite_name in (rows["suite"].unique() if len(rows) else []):
-        # Columns of the other suites in the same report are all-empty here: drop them.
-        suite_rows = rows[rows["suite"] == suite_name].dropna(axis=1, how="all")
-        suite = get_suite(suite_name) if suite_name in available_suites() else None
-        blocks: list = []
-        pngs = [Path(p).name for p in suite.figures(suite_rows, folder)] if suite and suite.figures else []
-        if suite is not None and suite.judge is not None:
-            # The manifest of the run these rows came from (a report may hold several runs).
-            run_ids = set(suite_rows["run_id"])
-            manifest = next((m for m in manifests if m["run_id"] in run_ids), manifests[0])
-            verdicts = suite.judge(suite_rows, manifest)
-            blocks.append(("Claims", pd.DataFrame([asdict(v) for v in verdicts])))
-            claims += [{"suite": suite_name, "run": ", ".join(sorted(run_ids)), **asdict(v),
-                        "figure": next((f for f in suite.figure_of.get(v.claim_id, ()) if f in pngs), "")}
-                       for v in verdicts]
-        tables = suite.tables(suite_rows) if suite is not None and suite.tables else {"Cases": timing_table(suite_rows)}
-        blocks.extend(tables.items())
-        blocks.extend(pngs)
-        sections.append((f"Suite {suite_name}" + (f": {suite.description}" if suite else ""), blocks))
+        for measured_by, suite_rows in _by_machine(rows[rows["suite"] == suite_name]):
+            # Columns of the other suites in the same report are all-empty here: drop them.
+            suite_rows = suite_rows.dropna(axis=1, how="all")
+            suite = get_suite(suite_name) if suite_name in available_suites() else None
+            blocks: list = []
+            pngs = [Path(p).name for p in suite.figures(suite_rows, folder)] if suite and suite.figures else []
+            if suite is not None and suite.judge is not None:
+                # The manifest of the run these rows came from (a report may hold several runs).
+                run_ids = set(suite_rows["run_id"])
+                manifest = next((m for m in manifests if m["run_id"] in run_ids), manifests[0])
+                verdicts = suite.judge(suite_rows, manifest)
+                blocks.append(("Claims", pd.DataFrame([asdict(v) for v in verdicts])))
+                claims += [{"suite": suite_name, "run": ", ".join(sorted(run_ids)), "machine": measured_by, **asdict(v),
+                            "figure": next((f for f in suite.figure_of.get(v.claim_id, ()) if f in pngs), "")}
+                           for v in verdicts]
+            tables = (suite.tables(suite_rows) if suite is not None and suite.tables
+                      else {"Cases": timing_table(suite_rows)})
+            blocks.extend(tables.items())
+            blocks.extend(pngs)
+            title = f"Suite {suite_name}" + (f", measured on {measured_by}" if measured_by else "")
+            sections.append((title + (f": {suite.description}" if suite else ""), blocks))
     sections.append(("Environment", [("Runs", _environment_table(manifests))]))
     opening = [machine_line(manifests)]
     if claims:
@@ -105,6 +108,15 @@ def write_report(runs, results_dir: Path | None = None, out_dir: Path | None = N
     return folder
 
 
+def _by_machine(rows: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """A suite's rows per machine that measured them ('' when one did): timings of two machines
+    are never judged together, so a run finished elsewhere gets a section per fingerprint."""
+    measured_by = rows["fingerprint"].dropna().unique() if "fingerprint" in rows else []
+    if len(measured_by) <= 1:
+        return [("", rows)]
+    return [(f"fingerprint {fp}", group) for fp, group in rows.groupby(rows["fingerprint"].fillna("unrecorded"))]
+
+
 def summary_table(claims: list[dict]) -> pd.DataFrame:
     """One line per claim, the papers' claims in their order (C1, C2, ...) before the project's
     own: its id, the claim, the paper's value, ours (what was measured, cut to its first clause
@@ -113,7 +125,9 @@ def summary_table(claims: list[dict]) -> pd.DataFrame:
         number = re.match(r"C(\d+)\.", c["claim_id"])
         return int(number.group(1)) if number else math.inf
 
-    return pd.DataFrame([{"claim id": c["claim_id"], "claim": re.sub(r"^C\d+: ", "", c["claim"]),
+    machines = any(c.get("machine") for c in claims)
+    return pd.DataFrame([{"claim id": c["claim_id"], **({"machine": c["machine"]} if machines else {}),
+                          "claim": re.sub(r"^C\d+: ", "", c["claim"]),
                           "paper": c["paper_value"], "ours": _headline(c["measured"]), "verdict": c["verdict"],
                           "figure": c["figure"] if c["verdict"] not in ("not applicable", "not measured") else ""}
                          for c in sorted(claims, key=order)])

@@ -40,6 +40,13 @@ def tests(session: nox.Session) -> None:
 
 
 @nox.session
+def lint(session: nox.Session) -> None:
+    """ruff with the project's configuration (pyproject.toml)."""
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", ".")
+
+
+@nox.session
 def bench(session: nox.Session) -> None:
     """The main job: every suite at its cpu-small preset, then one report of those runs."""
     _install(session, "peers")  # the Hugging Face baseline and the pure-torch peers

@@ -244,7 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backends", help="comma-separated names (default: all)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--dtype", default="float32")
-    p.add_argument("--shape", type=_shape, default={}, help="problem fields, e.g. batch=1,dim=1536,dstate=16,seqlen=4096")
+    p.add_argument("--shape", type=_shape, default={},
+                   help="problem fields, e.g. batch=1,dim=1536,dstate=16,seqlen=4096")
     p.add_argument("--threads", type=_positive(int), help="torch threads (recorded)")
     p.add_argument("--budget", type=_positive(float), default=2.0, help="seconds of timing per backend")
     p.add_argument("--timeout", type=_positive(float), default=600.0, help="seconds before a backend's case is killed")

@@ -30,8 +30,7 @@ from ..impls.registry import backends, get_op
 from ..suites.base import Verdict
 from .gate_input import GateInput
 from .noise import Noise
-from .stats import loglog_fit, speedup
-from .timing import significant_slowdown
+from .stats import loglog_fit, significant_slowdown, speedup
 
 BROKEN = ("incorrect", "failed", "oom", "timeout")
 OUTCOMES = ("regression", "missing", "too noisy", "unconfirmed", "improvement", "unchanged", "new")
@@ -270,7 +269,7 @@ def portable_figures(rows: pd.DataFrame, labels: dict[str, str] | None = None) -
     op_rows = ok[ok["op"].fillna("") != ""]
     modes = op_rows["pass_mode"].fillna("forward") if "pass_mode" in op_rows else "forward"
     for (op_name, mode), of_op in op_rows.assign(pass_mode=modes).groupby(["op", "pass_mode"]):
-        ours = of_op[of_op["backend"].map(lambda name: _ours(op_name, name))]
+        ours = of_op[[_ours(op_name, name) for name in of_op["backend"]]]
         fields = [f.name for f in dataclasses.fields(get_op(op_name).problem_type) if f.name in ours]
         # Forward figures keep the names they had before backward cases existed.
         op_name_shown = op_name if mode == "forward" else f"{op_name} {mode}"
@@ -396,7 +395,8 @@ def _verdict_findings(baseline: GateInput, run: GateInput) -> list[Finding]:
     for claim in sorted(set(b) | set(c)):
         was, now = b.get(claim), c.get(claim)
         if now is None:
-            findings.append(Finding(claim, "verdict", was.verdict, None, "missing", detail=f"{was.claim}: {was.measured}"))
+            findings.append(Finding(claim, "verdict", was.verdict, None, "missing",
+                                    detail=f"{was.claim}: {was.measured}"))
             continue
         if was is None:
             findings.append(Finding(claim, "verdict", None, now.verdict, "new", detail=f"{now.claim}: {now.measured}"))

@@ -18,9 +18,9 @@ import pandas as pd
 from .schema import COLUMNS
 from .store import load_runs, read_manifest, resolve_runs
 
-TIMING_COLUMNS = ["backend", "pass_mode", "status", "median_ms", "ci_low_ms", "ci_high_ms", "iqr_ms", "gbps", "pct_bw",
-                  "tflops", "pct_flops", "floor_ms", "x_floor", "rel_error", "checked_at", "first_call_ms", "self_spread",
-                  "reason"]
+TIMING_COLUMNS = ["backend", "pass_mode", "status", "median_ms", "ci_low_ms", "ci_high_ms", "iqr_ms", "gbps",
+                  "pct_bw", "tflops", "pct_flops", "floor_ms", "x_floor", "rel_error", "checked_at", "first_call_ms",
+                  "self_spread", "reason"]
 
 
 def timing_table(rows: pd.DataFrame, by: list[str] | None = None) -> pd.DataFrame:

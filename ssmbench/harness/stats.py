@@ -64,3 +64,37 @@ def speedup(slow_ms: Sequence[float], fast_ms: Sequence[float], confidence: floa
     tail = (1 - confidence) / 2 * 100
     low, high = np.percentile(boot, [tail, 100 - tail])
     return ratio, float(low), float(high)
+
+
+def median_ci(samples, confidence: float = 0.95) -> tuple[float, float]:
+    """Distribution-free confidence interval of the median from order statistics: the ranks
+    (j, k) around n/2 such that Binomial(n, 1/2) puts at least ``confidence`` between them."""
+    from scipy.stats import binom
+
+    x = np.sort(np.asarray(samples, dtype=float))
+    n = len(x)
+    if n < 6:
+        return float(x[0]), float(x[-1])
+    alpha = 1 - confidence
+    j = int(binom.ppf(alpha / 2, n, 0.5))
+    k = n - j
+    # ppf may land one rank inside; widen until the coverage is reached.
+    while j > 0 and binom.cdf(k - 1, n, 0.5) - binom.cdf(j - 1, n, 0.5) < confidence:
+        j, k = j - 1, k + 1
+    return float(x[max(j - 1, 0)]), float(x[min(k - 1, n - 1)])
+
+
+def significant_slowdown(baseline: list[float], current: list[float]) -> float:
+    """One-sided Mann-Whitney U p-value that ``current`` is slower than ``baseline``."""
+    from scipy.stats import mannwhitneyu
+
+    if len(baseline) < 2 or len(current) < 2:
+        return math.nan
+    return float(mannwhitneyu(current, baseline, alternative="greater").pvalue)
+
+
+def two_sided_p(a: Sequence[float], b: Sequence[float]) -> float:
+    """Two-sided Mann-Whitney U p-value that ``a`` and ``b`` come from one distribution."""
+    from scipy.stats import mannwhitneyu
+
+    return float(mannwhitneyu(a, b, alternative="two-sided").pvalue)

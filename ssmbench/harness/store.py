@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from ..suites.base import Case
+from .derived import add_ceiling_fractions
 from .schema import SCHEMA_VERSION, STATUSES, SchemaError, validate_row  # noqa: F401 - re-exported
 
 REQUIRED_MANIFEST_FIELDS = {"schema_version": int, "run_id": str, "created": str, "environment": dict,
@@ -196,7 +197,8 @@ class Run:
                 kept = len(self.rows())
                 case = rows[0].get("parent_case_id") or rows[0].get("case_id")
                 raise ResultsError(f"{self.rows_file}: {_os_error(exc)}; the {kept} rows written before are kept, "
-                                   f"case {case} was not; free space, then: ssmbench run --resume {self.path}") from None
+                                   f"case {case} was not; free space, then: ssmbench run --resume {self.path}"
+                                   ) from None
         finally:
             os.close(fd)
 
@@ -363,29 +365,6 @@ def job_runs(results_dir: Path, run: Path) -> list[Path]:
     return [p for p, m in sorted(manifests, key=lambda pm: pm[1]["created"]) if m.get("job_id") == job]
 
 
-def _add_ceiling_fractions(frame, ceilings: dict) -> None:
-    """pct_bw and pct_flops: the case's GB/s and TFLOP/s over this machine's measured ceilings
-    (copy bandwidth; matmul rate in bf16 for half-precision cases, else fp32). floor_ms: the
-    longest of the times its bytes, flops and exps take at the copy, matmul and exp rates, a
-    time no backend beats on this machine; x_floor: the case's median over that floor."""
-    import pandas as pd
-
-    floors = []
-    if "gbps" in frame and ceilings.get("copy_gbps"):
-        frame["pct_bw"] = 100 * frame["gbps"] / ceilings["copy_gbps"]
-        floors.append(pd.to_numeric(frame["bytes"], errors="coerce") / (ceilings["copy_gbps"] * 1e9))
-    if "tflops" in frame and "dtype" in frame and ceilings.get("matmul_fp32_tflops"):
-        peak = ceilings.get("matmul_bf16_tflops", ceilings["matmul_fp32_tflops"])
-        rate = frame["dtype"].map(lambda d: peak if d in ("bfloat16", "float16") else ceilings["matmul_fp32_tflops"])
-        frame["pct_flops"] = 100 * frame["tflops"] / rate
-        floors.append(pd.to_numeric(frame["flops"], errors="coerce") / (rate * 1e12))
-    if "exps" in frame and ceilings.get("exp_gexps"):
-        floors.append(pd.to_numeric(frame["exps"], errors="coerce") / (ceilings["exp_gexps"] * 1e9))
-    if floors and "median_ms" in frame:
-        frame["floor_ms"] = 1e3 * pd.concat(floors, axis=1).max(axis=1)
-        frame["x_floor"] = frame["median_ms"] / frame["floor_ms"]
-
-
 def load_runs(*runs: str | Path, results_dir: Path | None = None, with_environment: bool = True):
     """One DataFrame with the rows of every run given (paths, ids or "latest"); each row carries
     its run's fingerprint, device names and preset so that rows of several runs stay apart."""
@@ -404,6 +383,6 @@ def load_runs(*runs: str | Path, results_dir: Path | None = None, with_environme
             frame["preset"] = manifest.get("preset")
             frame["cpu_model"] = env.get("cpu_model")
             frame["gpu_name"] = env.get("gpu_name")
-            _add_ceiling_fractions(frame, manifest.get("ceilings") or {})
+            add_ceiling_fractions(frame, manifest.get("ceilings") or {})
         frames.append(frame)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

@@ -52,7 +52,7 @@ def cmd_list(args) -> int:
 
 def cmd_compare(args) -> int:
     from ..impls import backends, get_op
-    from ..suites.base import Case
+    from .case import Case
     from .session import start_run
 
     op = get_op(args.op)

@@ -9,7 +9,7 @@ import torch
 
 from ..impls.base import load_callable
 from ..impls.registry import get_backend, get_op, reasons
-from ..suites.base import Case
+from .case import Case
 from . import inject
 from .check import (
     check,

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from ..suites.base import Case
+from .case import Case
 from .env import SETTINGS
 from .store import Run
 

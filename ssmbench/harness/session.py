@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..suites.base import Case
+from .case import Case
 from .env import environment, fingerprint_diff, fingerprint_id, measure_ceilings
 from .runner import Summary, run_cases
 from .store import ResultsError, Run, default_results_dir, resolve_runs

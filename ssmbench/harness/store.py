@@ -28,7 +28,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from ..suites.base import Case
+from .case import Case
 from .derived import add_ceiling_fractions
 from .schema import SCHEMA_VERSION, STATUSES, SchemaError, validate_row  # noqa: F401 - re-exported
 

@@ -27,7 +27,8 @@ class Args:
     def __init__(self, op: str, kwargs: Mapping[str, Any]):
         self.op = op
         self.kwargs = kwargs
-        self._seen: list[tuple[str, list[str], tuple[int, ...], list[str]]] = []  # (argument, dims, shape, may be empty)
+        # (argument, dims, shape, the dims that may be empty) of each tensor checked
+        self._seen: list[tuple[str, list[str], tuple[int, ...], list[str]]] = []
         self._bound: dict[str, int] = {}  # the first size given for each dim
         self._settled = True  # no disagreement and no empty size so far
         self.device: torch.device | None = None

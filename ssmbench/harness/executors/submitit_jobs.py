@@ -12,7 +12,7 @@ import uuid
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from ...suites.base import Case
+from ..case import Case
 from ..store import JOB_LOGS, append_synced, json_line
 from . import Rows, StreamLost, gather, split
 

@@ -171,18 +171,19 @@ def hf_model(config: ModelConfig, dtype="float32", device="cpu", seed: int = 0):
     Llama for a Llama-style one (RMSNorm, SwiGLU, rotary, grouped-query heads)."""
     import transformers
 
-    if config.mamba_layers or config.n_experts > 1 or config.sliding_window:
-        raise ValueError(f"{config.name}: the Hugging Face baseline covers dense Transformers only")
-    gpt = config.learned_positions and config.norm == "layernorm" and config.mlp == "gelu"
+    if config.mamba_layers or config.n_experts > 1 or config.sliding_window or config.parallel_residual:
+        raise ValueError(f"{config.name}: the Hugging Face baseline covers dense sequential Transformers only")
+    activation = {"gelu": "gelu", "gelu_tanh": "gelu_new"}.get(config.mlp)
+    gpt = config.learned_positions and config.norm == "layernorm" and activation
     llama = not config.learned_positions and config.norm == "rmsnorm" and config.mlp == "swiglu"
     if gpt and config.head_dim * config.n_heads == config.d_model and config.n_kv_heads == config.n_heads:
         hf_config = transformers.GPT2Config(
             vocab_size=config.vocab_size, n_positions=config.learned_positions, n_embd=config.d_model,
-            n_layer=config.n_layers, n_head=config.n_heads, n_inner=config.d_ff, activation_function="gelu",
+            n_layer=config.n_layers, n_head=config.n_heads, n_inner=config.d_ff, activation_function=activation,
             resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, layer_norm_epsilon=config.norm_eps,
             tie_word_embeddings=config.tie_embeddings, pad_token_id=0, bos_token_id=0, eos_token_id=None)
         cls = transformers.GPT2LMHeadModel
-    elif llama and not config.bias:
+    elif llama and not config.bias and config.rotary_fraction == 1:
         hf_config = transformers.LlamaConfig(
             vocab_size=config.vocab_size, hidden_size=config.d_model, intermediate_size=config.d_ff,
             num_hidden_layers=config.n_layers, num_attention_heads=config.n_heads,

@@ -81,6 +81,7 @@ def test_logits_and_greedy_tokens_match_transformers(arch, saved):
     for ops in ("auto", REFERENCE):
         model = from_pretrained(folder, ops=ops)
         assert model.config.name == folder.name
+        assert sum(p.numel() for p in model.parameters()) == model.config.param_count() == hf.num_parameters()
         with torch.inference_mode():
             assert rel(model(prompt), expected) < 1e-5, f"{arch} [{ops}]"
         got = Generator(model, 1, PROMPT + GEN).generate(prompt[:1], GEN).tokens
@@ -200,7 +201,7 @@ def test_missing_folder_and_offline_hub_id(tmp_path, monkeypatch):
 
     with pytest.raises(CheckpointError, match="no config.json in the checkpoint folder"):
         from_pretrained(tmp_path)
-    with pytest.raises(CheckpointError, match="neither a checkpoint folder nor a hub id"):
+    with pytest.raises(CheckpointError, match="no checkpoint folder './no/such/folder'"):
         from_pretrained("./no/such/folder")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
@@ -220,3 +221,32 @@ def test_tokenizer_from_the_same_folder(tmp_path):
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>").save_pretrained(folder)
     assert load_tokenizer(folder)("the cat sat on")["input_ids"] == [1, 2, 3, 0]
+
+
+def test_generation_suites_run_a_checkpoint_beside_the_random_configs(saved):
+    import pandas as pd
+
+    from ssmbench.harness.cli import main
+    from ssmbench.models.generate import generation_case
+    from ssmbench.suites import get_suite
+
+    folder, _ = saved("jamba")
+    suite = get_suite("generation")
+    cases = suite.checkpoint_cases("cpu-small", str(folder))
+    assert {c.series for c in cases} == {f"{folder.name} (ours)", f"{folder.name} (HF generate())"}
+    assert all(c.params["checkpoint"] == str(folder) and c.params["scale"] == 1 for c in cases)
+    assert not {c.series for c in cases} & {c.series for c in suite.cases("cpu-small")}
+    throughput = get_suite("jamba_throughput").checkpoint_cases("cpu-small", str(folder))
+    assert {c.series for c in throughput} == {f"{folder.name} (ours)"}
+    rows = []
+    for impl in ("ssmbench", "hf"):
+        case = next(c for c in cases if c.params["impl"] == impl)
+        params = {**case.params, "batch": 2, "prompt": 8, "gen": 4, "repeats": 1}
+        row = generation_case(**params)
+        assert row.get("status", "ok") == "ok", row.get("reason")
+        assert row["model_name"] == folder.name and row["tokens_per_s"] > 0
+        rows.append({**params, "series": case.series, "status": "ok", **row})
+    assert rows[0]["equal"]  # the cache allocated for the checkpoint's shape is the formula's
+    memory = suite.tables(pd.DataFrame(rows))["Memory: weights + cache, exact bytes"]
+    assert memory["params"].tolist() == [rows[0]["n_params"]] * 2
+    assert main(["run", "--suite", "scaling", "--model", str(folder)]) == 2  # a suite that builds no models

@@ -360,8 +360,7 @@ class _Files:
         self.folder = Path(path_or_id) if Path(path_or_id).is_dir() else None
         if self.folder is None and (Path(self.spec).exists() or not _HUB_ID.fullmatch(self.spec)
                                     or self.spec.startswith(".")):
-            raise CheckpointError(f"path_or_id: {self.spec!r} is neither a checkpoint folder nor a hub id "
-                                  "(owner/name)")
+            raise CheckpointError(f"path_or_id: no checkpoint folder {self.spec!r} (nor is it a hub id, owner/name)")
 
     @property
     def name(self) -> str:
@@ -450,6 +449,11 @@ def _hf_config(files: _Files):
     from transformers import AutoConfig
 
     return architectures[0], AutoConfig.from_pretrained(str(files.get("config.json").parent))
+
+
+def checkpoint_name(path_or_id: str | os.PathLike) -> str:
+    """The name a checkpoint's rows carry: its folder's name, or its hub id."""
+    return _Files(path_or_id).name
 
 
 def read_config(path_or_id: str | os.PathLike) -> ModelConfig:

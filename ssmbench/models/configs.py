@@ -165,7 +165,7 @@ class ModelConfig:
 
     def _mlp_params(self) -> int:
         matrices = 3 if self.mlp == "swiglu" else 2
-        return matrices * self.d_model * self.d_ff + (self.d_ff + self.d_model if self.bias else 0)
+        return matrices * self.d_model * self.d_ff + ((matrices - 1) * self.d_ff + self.d_model if self.bias else 0)
 
     def _mamba_params(self) -> int:
         m, d, di = self.mamba, self.d_model, self.d_inner

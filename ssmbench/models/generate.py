@@ -199,6 +199,14 @@ def hf_model(config: ModelConfig, dtype="float32", device="cpu", seed: int = 0):
     return model.to(dtype=parse_dtype(dtype)).eval().requires_grad_(False)
 
 
+def hf_checkpoint(path_or_id: str, dtype="float32", device="cpu"):
+    """transformers' own model of a checkpoint, the baseline beside ours of the same weights."""
+    import transformers
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(path_or_id, dtype=parse_dtype(dtype))
+    return model.to(device).eval().requires_grad_(False)
+
+
 @torch.inference_mode()
 def hf_generate(model, prompt: torch.Tensor, gen: int) -> torch.Tensor:
     """Greedy ``generate()`` of exactly ``gen`` new tokens, as the paper's baseline ran."""
@@ -207,10 +215,18 @@ def hf_generate(model, prompt: torch.Tensor, gen: int) -> torch.Tensor:
     return out[:, prompt.shape[1]:]
 
 
-def case_config(model: str, scale: int = 1, layers: int = 0, vocab: int = 0, max_len: int = 0) -> ModelConfig:
+def case_config(model: str, scale: int = 1, layers: int = 0, vocab: int = 0, max_len: int = 0,
+                checkpoint: str = "") -> ModelConfig:
     """A published config, widths divided by ``scale``, optionally with ``layers`` layers (the
     same pattern, cut or repeated) and a ``vocab``-token vocabulary, with positions for
-    ``max_len`` tokens."""
+    ``max_len`` tokens. With ``checkpoint`` (a folder or hub id): that checkpoint's config, as
+    trained (neither scaled nor given positions it has no weights for)."""
+    if checkpoint:
+        if scale != 1 or layers or vocab:
+            raise ValueError(f"{checkpoint}: a checkpoint's shape is its own; scale, layers and vocab do not apply")
+        from .checkpoints import read_config
+
+        return read_config(checkpoint)
     config = get_model(model)
     if scale != 1:
         config = config.scaled(scale)
@@ -259,11 +275,14 @@ def _ops_text(model: LanguageModel, chosen: dict[str, str]) -> str:
 def generation_case(model: str, impl: str = "ssmbench", batch: int = 1, prompt: int = 2048, gen: int = 128,
                     dtype: str = "float16", device: str = "cuda", scale: int = 1, layers: int = 0,
                     vocab: int = 0, backends: str = "auto", cuda_graphs: bool = True, repeats: int = 3,
-                    budget_gib: float = 0.0, state_dtype: str = "", threads: int = 0, seed: int = 0) -> dict:
+                    budget_gib: float = 0.0, state_dtype: str = "", threads: int = 0, seed: int = 0,
+                    checkpoint: str = "") -> dict:
     """Time greedy generation of ``gen`` tokens after a ``prompt``-token prompt at ``batch``.
 
     impl "ssmbench": our model (static cache; CUDA graphs for decode on a GPU when
     ``cuda_graphs``); "hf": the Hugging Face model of the same shape with ``generate()``.
+    ``checkpoint`` (a folder or hub id): that checkpoint's weights, in our model
+    (:func:`~.checkpoints.from_pretrained`) or in transformers' (``model`` is then its label).
     One untimed call first (graph capture, autotuning), then ``repeats`` timed calls;
     tokens_per_s = batch * gen / mean total time (prefill + decode), the paper's average of
     repeats; the row also keeps each call's total (samples_ms) and their median (median_ms). ``budget_gib`` > 0: a case
@@ -273,10 +292,14 @@ def generation_case(model: str, impl: str = "ssmbench", batch: int = 1, prompt: 
     """
     if impl not in ("ssmbench", "hf"):
         raise ValueError(f"impl must be 'ssmbench' or 'hf', got {impl!r}")
-    config = case_config(model, scale, layers, vocab, prompt + gen)
+    config = case_config(model, scale, layers, vocab, prompt + gen, checkpoint)
     fp = footprint(config, batch, prompt + gen, dtype, state_dtype or None)
     row = {"model_name": config.name, "n_params": config.param_count(), "weight_bytes": fp.weights,
            "kv_bytes": fp.kv, "state_bytes": fp.mamba, "footprint_bytes": fp.total}
+    if config.learned_positions and prompt + gen > config.learned_positions:
+        return {**row, "status": "unsupported",
+                "reason": f"{config.name} has {config.learned_positions} learned positions; prompt + gen = "
+                          f"{prompt + gen}"}
     if budget_gib and fp.total > budget_gib * GIB:
         return {**row, "status": "oom",
                 "reason": f"weights + cache ({fp.total / GIB:.3g} GiB) exceed the stated budget of {budget_gib:g} GiB"}
@@ -291,7 +314,12 @@ def generation_case(model: str, impl: str = "ssmbench", batch: int = 1, prompt: 
         row["device_memory_bytes"] = torch.cuda.get_device_properties(dev).total_memory
     ids = torch.randint(0, config.vocab_size, (batch, prompt), generator=torch.Generator().manual_seed(seed)).to(dev)
     if impl == "ssmbench":
-        lm = build_model(config, ops=backends, dtype=dtype, device=device, seed=seed)
+        if checkpoint:
+            from .checkpoints import from_pretrained
+
+            lm = from_pretrained(checkpoint, ops=backends, dtype=dtype, device=device)
+        else:
+            lm = build_model(config, ops=backends, dtype=dtype, device=device, seed=seed)
         generator = Generator(lm, batch, prompt + gen, cuda_graphs=cuda_graphs and dev.type == "cuda",
                               state_dtype=state_dtype or None)
         row.update(cache_bytes=generator.cache.nbytes, cuda_graphs=generator.cuda_graphs)
@@ -300,7 +328,7 @@ def generation_case(model: str, impl: str = "ssmbench", batch: int = 1, prompt: 
             result = generator.generate(ids, gen)
             return result.prefill_s, result.decode_s
     else:
-        hf = hf_model(config, dtype, device, seed)
+        hf = hf_checkpoint(checkpoint, dtype, device) if checkpoint else hf_model(config, dtype, device, seed)
 
         def once():
             _sync(dev)

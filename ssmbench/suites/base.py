@@ -92,7 +92,9 @@ class Suite:
     """name: the --suite name. presets: preset name -> function returning the cases.
     judge(rows, manifest) -> verdicts. figures(rows, folder) -> PNG paths written.
     tables(rows) -> {title: DataFrame} for the report (default: the timing table).
-    threads: preset -> torch threads when the command line names none (recorded as always)."""
+    threads: preset -> torch threads when the command line names none (recorded as always).
+    checkpoint_cases(preset, path_or_id) -> the cases of a checkpoint at a preset's setting, for
+    the suites that build models (``ssmbench run --model``); None: the suite builds none."""
 
     name: str
     description: str
@@ -103,6 +105,7 @@ class Suite:
     default_preset: str = "cpu-small"
     extra: Mapping[str, Any] = field(default_factory=dict)
     threads: Mapping[str, int] = field(default_factory=dict)
+    checkpoint_cases: Callable[[str, str], list[Case]] | None = None
 
     def cases(self, preset: str) -> list[Case]:
         if preset not in self.presets:

@@ -456,6 +456,12 @@ def checkpoint_name(path_or_id: str | os.PathLike) -> str:
     return _Files(path_or_id).name
 
 
+def source_config(path_or_id: str | os.PathLike):
+    """The checkpoint's own config: transformers' config object, or (the original mamba-ssm
+    layout) its config.json's fields with mamba-ssm's defaults, as attributes."""
+    return _hf_config(_Files(path_or_id))[1]
+
+
 def read_config(path_or_id: str | os.PathLike) -> ModelConfig:
     """The :class:`ModelConfig` of a checkpoint (its config only; no weights read)."""
     return _model_config(_Files(path_or_id))[0]

@@ -103,26 +103,32 @@ def test_configs_carry_what_the_checkpoint_says(saved):
 
 
 def _original_mamba(folder, hf, pad_multiple=8):
-    """``hf`` (a MambaForCausalLM) written as mamba-ssm's MambaLMHeadModel saves it: its own
-    config.json and names, the tied head stored too, a pytorch_model.bin."""
+    """``hf`` (a MambaForCausalLM or Mamba2ForCausalLM) written as mamba-ssm's MambaLMHeadModel
+    saves it: its own config.json and names, the tied head stored too, a pytorch_model.bin."""
     c = hf.config
+    if c.model_type == "mamba":
+        ssm_cfg = {"d_state": c.state_size, "dt_rank": c.time_step_rank}
+    else:
+        ssm_cfg = {"layer": "Mamba2", "d_state": c.state_size, "headdim": c.head_dim, "ngroups": c.n_groups,
+                   "chunk_size": c.chunk_size}
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps({
-        "d_model": c.hidden_size, "n_layer": c.num_hidden_layers, "vocab_size": VOCAB - 3,
-        "ssm_cfg": {"d_state": c.state_size, "dt_rank": c.time_step_rank}, "rms_norm": True,
-        "residual_in_fp32": True, "fused_add_norm": True, "pad_vocab_size_multiple": pad_multiple}))
+        "d_model": c.hidden_size, "n_layer": c.num_hidden_layers, "vocab_size": VOCAB - 3, "ssm_cfg": ssm_cfg,
+        "d_intermediate": 0, "attn_layer_idx": [], "rms_norm": True, "residual_in_fp32": True,
+        "fused_add_norm": True, "pad_vocab_size_multiple": pad_multiple, "tie_embeddings": True}))
     state = {k.replace("backbone.embeddings.", "backbone.embedding."): v for k, v in hf.state_dict().items()}
     state["lm_head.weight"] = state["backbone.embedding.weight"]
     torch.save(state, folder / "pytorch_model.bin")
 
 
-def test_original_mamba_layout(saved, tmp_path):
-    _, hf = saved("mamba")
-    folder = tmp_path / "mamba-tiny"
+@pytest.mark.parametrize("arch,layer", [("mamba", "Mamba1"), ("mamba2", "Mamba2")])
+def test_original_mamba_layout(arch, layer, saved, tmp_path):
+    _, hf = saved(arch)
+    folder = tmp_path / f"{arch}-tiny"
     _original_mamba(folder, hf)
     model = from_pretrained(folder)
     # The vocabulary as allocated: 61 tokens padded to a multiple of 8.
-    assert model.config.vocab_size == VOCAB and model.config.source.endswith("(mamba_ssm:Mamba1)")
+    assert model.config.vocab_size == VOCAB and model.config.source.endswith(f"(mamba_ssm:{layer})")
     prompt = ids()
     with torch.inference_mode():
         assert rel(model(prompt), hf(prompt).logits) < 1e-5

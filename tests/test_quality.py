@@ -95,6 +95,14 @@ def test_rolling_loglikelihood_and_generation_as_lm_evals_hf_model(checkpoint):
     rolling = [Instance("loglikelihood_rolling", {}, (text,), 0), Instance("loglikelihood_rolling", {}, ("cat",), 1)]
     got, want = ours.loglikelihood_rolling(rolling), hf.loglikelihood_rolling(rolling)
     assert torch.allclose(torch.tensor(got), torch.tensor(want, dtype=torch.float32), rtol=1e-5)
+    # Batched (right-padded) scoring gives each request its own loglikelihood.
+    pairs = [Instance("loglikelihood", {}, (ctx, cont), i) for i, (ctx, cont) in
+             enumerate([("the cat", " sat"), ("a big red dog ran on", " the mat"), ("", "cat"), ("dog", " ran")])]
+    batched = SsmbenchLM(str(checkpoint), max_length=6, batch_size=3).loglikelihood(pairs)
+    reference = hf.loglikelihood(pairs)
+    assert [g for _, g in batched] == [g for _, g in reference]
+    assert torch.allclose(torch.tensor([ll for ll, _ in batched]), torch.tensor([ll for ll, _ in reference]),
+                          rtol=1e-5)
     # A greedy continuation, cut at a stop word, and one that runs to max_gen_toks.
     generate = [Instance("generate_until", {}, ("the cat", {"until": [" cat"], "do_sample": False,
                                                               "max_gen_toks": 5}), 0),

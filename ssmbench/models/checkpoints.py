@@ -18,6 +18,7 @@ import math
 import os
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Callable, Mapping
@@ -86,7 +87,7 @@ class Rule:
     sources: tuple[str, ...]
     combine: Callable[[list[torch.Tensor], ModelConfig], torch.Tensor] | None = None
 
-    @property
+    @cached_property
     def regex(self) -> re.Pattern:
         pattern = re.escape(self.ours).replace(r"\{i\}", r"(?P<i>\d+)").replace(r"\{p\}", r"(?P<p>weight|bias)")
         return re.compile(pattern)
@@ -497,9 +498,10 @@ def from_pretrained(path_or_id: str | os.PathLike, *, ops=None, dtype="float32",
     config, arch = _model_config(files)
     weights = _Weights(files)
     names = weights.names
+    _, (head,) = _sources(arch, "head.weight", config)
     if arch.prefix and not any(n.startswith(arch.prefix) for n in names):
         # Checkpoints saved from the base model (e.g. the hub's gpt2) leave its prefix off.
-        weights.rename({n: arch.prefix + n for n in names if not n.startswith("lm_head.")})
+        weights.rename({n: arch.prefix + n for n in names if n != head})
         names = weights.names
     with torch.device("meta"):
         model = LanguageModel(config, ops)
@@ -526,7 +528,6 @@ def from_pretrained(path_or_id: str | os.PathLike, *, ops=None, dtype="float32",
     if config.tie_embeddings:
         state["head.weight"] = state["embed.weight"]
     if config.tie_embeddings:
-        _, (head,) = _sources(arch, "head.weight", config)
         if head in names:
             # A tied checkpoint may store the head as well; it must then be the embedding.
             if not torch.equal(weights[head], weights[_sources(arch, "embed.weight", config)[1][0]]):

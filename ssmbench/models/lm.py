@@ -1,7 +1,8 @@
 """Language models built from a :class:`ModelConfig`: embeddings, the config's layer pattern of
 pre-norm residual blocks (attention or Mamba mixer, then an MLP or mixture of experts where the
-config has one), a final norm and the LM head. Weights are random (seeded): the suites measure
-speed and memory, which do not depend on training.
+config has one; GPT-NeoX's parallel residual), a final norm and the LM head. :func:`build_model`
+draws random weights (seeded): speed and memory do not depend on training;
+:func:`~.checkpoints.from_pretrained` loads a checkpoint's.
 
 Three entry points share the weights:
 

@@ -244,6 +244,10 @@ def test_generation_suites_run_a_checkpoint_beside_the_random_configs(saved):
     assert not {c.series for c in cases} & {c.series for c in suite.cases("cpu-small")}
     throughput = get_suite("jamba_throughput").checkpoint_cases("cpu-small", str(folder))
     assert {c.series for c in throughput} == {f"{folder.name} (ours)"}
+    from ssmbench.suites.jamba_throughput import preset_context_table
+
+    fits = preset_context_table(pd.DataFrame([{**c.params, "series": c.series} for c in throughput]))
+    assert fits["params"].tolist() == [read_config(folder).param_count()]
     rows = []
     for impl in ("ssmbench", "hf"):
         case = next(c for c in cases if c.params["impl"] == impl)

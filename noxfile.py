@@ -35,7 +35,7 @@ def _run_suites(session: nox.Session, preset: str) -> None:
 @nox.session
 def tests(session: nox.Session) -> None:
     """The test suite on the CPU (Triton kernels run interpreted)."""
-    _install(session, "test,peers,ray,slurm")
+    _install(session, "test,peers,checkpoints,quality,ray,slurm")
     session.run("pytest", *session.posargs)
 
 

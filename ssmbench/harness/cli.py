@@ -128,6 +128,14 @@ def cmd_run(args) -> int:
         for suite in suites:
             preset = args.preset or suite.default_preset
             cases = suite.cases(preset)
+            for model in args.model or ():
+                if suite.checkpoint_cases is None:
+                    from ..suites import available_suites
+
+                    takes = [n for n in available_suites() if get_suite(n).checkpoint_cases is not None]
+                    raise ValueError(f"--model: suite {suite.name} builds no models; the suites that do: "
+                                     f"{', '.join(takes)}")
+                cases += suite.checkpoint_cases(preset, model)
             if ops:
                 cases = [c for c in cases if c.op in ops]
             if keep:
@@ -261,6 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset")
     p.add_argument("--backends", help="only these backends (comma-separated)")
     p.add_argument("--ops", help="only the cases of these ops (comma-separated)")
+    p.add_argument("--model", action="append", metavar="PATH_OR_ID",
+                   help="also run this checkpoint (a folder or Hugging Face hub id) beside the preset's "
+                        "random-weight models, in the suites that build models; repeatable")
     p.add_argument("--resume", metavar="RUN", help="run folder, run id or 'latest' to finish")
     p.add_argument("--threads", type=_positive(int))
     p.add_argument("--report", action="store_true", help="write the report when done")

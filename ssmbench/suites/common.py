@@ -259,6 +259,12 @@ def gib(n: float) -> str:
 
 
 # Suite plumbing.
+def text(value) -> str:
+    """A row's text field, "" where the row has none (a column other rows of the run filled
+    reads NaN in this one)."""
+    return value if isinstance(value, str) else ""
+
+
 def presets(cases_of: Callable[[Any], list[Case]], settings: Mapping[str, Any]) -> dict[str, Callable[[], list[Case]]]:
     """Suite.presets from a settings table: preset name -> the cases of its setting."""
     return {name: partial(cases_of, setting) for name, setting in settings.items()}

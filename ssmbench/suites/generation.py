@@ -29,9 +29,25 @@ PAPER_RATIO = 4.0  # "4-5x": the claim holds from its lower end
 
 @dataclass(frozen=True)
 class Model:
-    config: str  # a name in models.configs.MODELS
+    config: str  # a name in models.configs.MODELS, or a checkpoint's name
     impl: str = "ssmbench"  # or "hf"
     batches: tuple[int, ...] = ()  # () = the setting's
+    checkpoint: str = ""  # a checkpoint folder or hub id: its weights, at its own shape
+
+    @classmethod
+    def of_checkpoint(cls, path_or_id: str, impl: str = "ssmbench") -> "Model":
+        """The model of a checkpoint, labelled by its name; its config is read now, so that a
+        missing or unsupported checkpoint is refused before any case runs."""
+        from ..models.checkpoints import checkpoint_name, read_config
+
+        read_config(path_or_id)
+        return cls(checkpoint_name(path_or_id), impl, checkpoint=str(path_or_id))
+
+    def params(self) -> dict:
+        """The case parameters that say which model: a checkpoint keeps its own shape."""
+        if self.checkpoint:
+            return {"model": self.config, "impl": self.impl, "checkpoint": self.checkpoint}
+        return {"model": self.config, "impl": self.impl}
 
     @property
     def series(self) -> str:
@@ -133,15 +149,20 @@ SETTINGS = {
 }
 
 
-def cases(s: Setting) -> list[Case]:
+def cases(s: Setting, models: tuple[Model, ...] = ()) -> list[Case]:
     out = []
-    for model in s.models:
+    for model in models or s.models:
         for batch in model.batches or s.batches:
-            params = {"model": model.config, "impl": model.impl, "batch": batch, "prompt": s.prompt, "gen": s.gen,
-                      "dtype": s.dtype, "device": s.device, "scale": s.scale, "repeats": s.repeats,
-                      "budget_gib": s.budget_gib, "threads": s.threads, "backends": s.backends}
+            params = {**model.params(), "batch": batch, "prompt": s.prompt, "gen": s.gen,
+                      "dtype": s.dtype, "device": s.device, "scale": 1 if model.checkpoint else s.scale,
+                      "repeats": s.repeats, "budget_gib": s.budget_gib, "threads": s.threads, "backends": s.backends}
             out.append(Case(suite=NAME, fn=FN, params=params, series=model.series, timeout_s=s.timeout_s))
     return out
+
+
+def checkpoint_cases(preset: str, path_or_id: str) -> list[Case]:
+    """A checkpoint at the preset's setting, in our model and in transformers' (generate())."""
+    return cases(SETTINGS[preset], tuple(Model.of_checkpoint(path_or_id, impl) for impl in ("ssmbench", "hf")))
 
 
 # Analysis.
@@ -293,7 +314,7 @@ def memory_table(rows: pd.DataFrame, max_len_column: str = "prompt") -> pd.DataF
         first = group.iloc[0]
         max_len = int(first[max_len_column] + first["gen"])
         config = case_config(first["model"], int(first.get("scale", 1) or 1), int(first.get("layers", 0) or 0),
-                             int(first.get("vocab", 0) or 0), max_len)
+                             int(first.get("vocab", 0) or 0), max_len, common.text(first.get("checkpoint")))
         one = footprint(config, 1, max_len, first["dtype"])
         budget = float(first.get("budget_gib", 0) or 0) * GIB or _device_bytes(rows)
         checked = ok_rows(group)["equal"].dropna() if "equal" in group else pd.Series(dtype=bool)
@@ -341,6 +362,10 @@ SUITE = Suite(
     name=NAME,
     description="C2: generation throughput of Mamba vs a Transformer (ours and Hugging Face) by batch",
     presets=common.presets(cases, SETTINGS),
+<<<<<<< HEAD
     judge=judge, figures=figures, tables=tables,
     figure_of={c.claim_id: ("generation_throughput.png",) for s in SETTINGS.values() for c in s.comparisons},
+=======
+    judge=judge, figures=figures, tables=tables, checkpoint_cases=checkpoint_cases,
+>>>>>>> h-ckpt
 )

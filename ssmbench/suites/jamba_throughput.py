@@ -63,16 +63,23 @@ SETTINGS = {
 }
 
 
-def cases(s: Setting) -> list[Case]:
+def cases(s: Setting, models: tuple[Model, ...] = ()) -> list[Case]:
     wanted = [(1, c) for c in s.contexts] + [(b, s.batch_context) for b in s.batches]
     out = []
-    for model in s.models:
+    for model in models or s.models:
+        # A checkpoint keeps its own shape.
+        shape = {"scale": 1, "layers": 0} if model.checkpoint else {"scale": s.scale, "layers": s.layers}
         for batch, context in dict.fromkeys(wanted):  # the sweeps share (1, batch_context)
-            params = {"model": model.config, "impl": "ssmbench", "batch": batch, "prompt": context, "gen": s.gen,
-                      "dtype": s.dtype, "device": s.device, "scale": s.scale, "layers": s.layers,
+            params = {**model.params(), "batch": batch, "prompt": context, "gen": s.gen,
+                      "dtype": s.dtype, "device": s.device, **shape,
                       "repeats": s.repeats, "budget_gib": s.budget_gib, "threads": s.threads}
             out.append(Case(suite=NAME, fn=FN, params=params, series=model.series, timeout_s=s.timeout_s))
     return out
+
+
+def checkpoint_cases(preset: str, path_or_id: str) -> list[Case]:
+    """A checkpoint in our model at the preset's context and batch sweeps."""
+    return cases(SETTINGS[preset], (Model.of_checkpoint(path_or_id),))
 
 
 # Analysis: the sweeps are read from the rows (the context sweep at the smallest batch, the batch
@@ -194,7 +201,8 @@ def preset_context_table(rows: pd.DataFrame) -> pd.DataFrame:
     records = []
     for series, group in rows.groupby("series", sort=False):
         first = group.iloc[0]
-        config = case_config(first["model"], int(first.get("scale", 1) or 1), int(first.get("layers", 0) or 0))
+        config = case_config(first["model"], int(first.get("scale", 1) or 1), int(first.get("layers", 0) or 0),
+                             checkpoint=common.text(first.get("checkpoint")))
         budget = float(first.get("budget_gib", 0) or 0) * GIB
         if not budget and "device_memory_bytes" in group and group["device_memory_bytes"].notna().any():
             budget = float(group["device_memory_bytes"].dropna().iloc[0])
@@ -238,7 +246,7 @@ SUITE = Suite(
     name=NAME,
     description="C4: generation throughput of a Jamba-style hybrid vs Mixtral-style MoE vs dense, by context and batch",
     presets=common.presets(cases, SETTINGS),
-    judge=judge, figures=figures, tables=tables,
+    judge=judge, figures=figures, tables=tables, checkpoint_cases=checkpoint_cases,
     figure_of={"C4.throughput-long-context": ("jamba_throughput_context.png",),
                "C4.throughput-best-batch": ("jamba_throughput_batch.png",)},
 )

@@ -46,13 +46,10 @@ class Suite:
     judge(rows, manifest) -> verdicts. figures(rows, folder) -> PNG paths written.
     tables(rows) -> {title: DataFrame} for the report (default: the timing table).
     threads: preset -> torch threads when the command line names none (recorded as always).
-<<<<<<< HEAD
     figure_of: claim id -> the names of the PNGs of ``figures`` that show it, the first one written
-    is the report summary's figure for that claim."""
-=======
+    is the report summary's figure for that claim.
     checkpoint_cases(preset, path_or_id) -> the cases of a checkpoint at a preset's setting, for
     the suites that build models (``ssmbench run --model``); None: the suite builds none."""
->>>>>>> h-ckpt
 
     name: str
     description: str
@@ -63,11 +60,8 @@ class Suite:
     default_preset: str = "cpu-small"
     extra: Mapping[str, Any] = field(default_factory=dict)
     threads: Mapping[str, int] = field(default_factory=dict)
-<<<<<<< HEAD
     figure_of: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
-=======
     checkpoint_cases: Callable[[str, str], list[Case]] | None = None
->>>>>>> h-ckpt
 
     def cases(self, preset: str) -> list[Case]:
         if preset not in self.presets:

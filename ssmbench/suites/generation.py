@@ -362,10 +362,6 @@ SUITE = Suite(
     name=NAME,
     description="C2: generation throughput of Mamba vs a Transformer (ours and Hugging Face) by batch",
     presets=common.presets(cases, SETTINGS),
-<<<<<<< HEAD
-    judge=judge, figures=figures, tables=tables,
-    figure_of={c.claim_id: ("generation_throughput.png",) for s in SETTINGS.values() for c in s.comparisons},
-=======
     judge=judge, figures=figures, tables=tables, checkpoint_cases=checkpoint_cases,
->>>>>>> h-ckpt
+    figure_of={c.claim_id: ("generation_throughput.png",) for s in SETTINGS.values() for c in s.comparisons},
 )

@@ -28,8 +28,8 @@ def test_meta_count_equals_the_count_on_real_tensors(model, ops):
     config = tiny(model)
     meta = count_step(config, 3, 40, ops, device="meta")
     real = count_step(config, 3, 40, ops, device="cpu")
-    assert meta == real
-    assert meta.activations > 0
+    assert meta == real and meta.by_module == real.by_module
+    assert meta.activations > 0 and sum(meta.by_module.values()) == meta.activations
 
 
 def test_sdpa_saves_more_on_meta_than_the_cpu_flash_kernel():
@@ -65,6 +65,10 @@ def test_saved_activations_of_an_mlp_equal_the_hand_count():
     # The up projection saves its input x, GELU its input (up's output), the down projection its
     # input (GELU's output); the weights are parameters, not activations.
     assert saved.nbytes == 4 * (b * l * d + 2 * b * l * f)
+    with SavedActivations(exclude=mlp.parameters(), model=mlp) as saved:
+        mlp(x).sum()
+    # GELU is a function inside MLP.forward, the projections are Linear modules.
+    assert saved.by_module() == {"Linear": 4 * (b * l * d + b * l * f), "MLP": 4 * b * l * f}
 
 
 def test_a_view_is_counted_with_its_storage_once():
@@ -76,7 +80,8 @@ def test_a_view_is_counted_with_its_storage_once():
 
 def test_count_extended_from_depths_one_and_two_equals_the_full_depth():
     config = tiny("Mamba-130M", layers=4)
-    assert extended_count(config, 2, 32, MAMBA) == count_step(config, 2, 32, MAMBA, device="meta")
+    extended, full = extended_count(config, 2, 32, MAMBA), count_step(config, 2, 32, MAMBA, device="meta")
+    assert extended == full and extended.by_module == full.by_module
 
 
 def test_extension_refuses_a_stack_whose_layers_differ():
@@ -182,6 +187,7 @@ def test_small_run_end_to_end(tmp_path, capsys):
 
 
 def test_step_memory_total_is_the_sum():
-    m = StepMemory(1, 2, 3, 4)
+    m = StepMemory(1, 2, 3, 4, {"A": 4})
     assert m.total == 10
-    assert m.extended(StepMemory(1, 3, 5, 7), 4) == StepMemory(1, 5, 9, 13)
+    grown = m.extended(StepMemory(1, 3, 5, 7, {"A": 5, "B": 2}), 4)
+    assert grown == StepMemory(1, 5, 9, 13) and grown.by_module == {"A": 7, "B": 6}

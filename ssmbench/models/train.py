@@ -17,7 +17,8 @@ count leaves out (temporaries, the allocator's rounding and the CUDA context's w
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Mapping
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +37,8 @@ class StepMemory:
     grads: int
     optimizer: int
     activations: int
+    # The saved activations by the class of the innermost module that saved them.
+    by_module: Mapping[str, int] = field(default_factory=dict, compare=False)
 
     @property
     def total(self) -> int:
@@ -43,9 +46,13 @@ class StepMemory:
 
     def extended(self, deeper: "StepMemory", layers: int) -> "StepMemory":
         """From this count at depth 1 and ``deeper`` at depth 2: the count at ``layers`` layers."""
-        fields = [f.name for f in dataclasses.fields(self)]
-        return StepMemory(**{f: getattr(self, f) + (layers - 1) * (getattr(deeper, f) - getattr(self, f))
-                             for f in fields})
+        def grow(a: int, b: int) -> int:
+            return a + (layers - 1) * (b - a)
+
+        fields = ("params", "grads", "optimizer", "activations")
+        modules = set(self.by_module) | set(deeper.by_module)
+        return StepMemory(*(grow(getattr(self, f), getattr(deeper, f)) for f in fields),
+                          {m: grow(self.by_module.get(m, 0), deeper.by_module.get(m, 0)) for m in sorted(modules)})
 
 
 def _storage_bytes(tensors) -> tuple[int, set[int]]:
@@ -73,43 +80,68 @@ def train_model(config: ModelConfig, ops="auto", dtype: str = "float32", device:
 
 class SavedActivations:
     """While entered, counts the bytes of the distinct storages autograd saves for the backward,
-    leaving out those of ``exclude`` (the parameters)."""
+    leaving out those of ``exclude`` (the parameters). With ``model``, each storage is also put
+    down to the innermost module running when it was first saved (by class name; "loss" outside
+    every module), which shows which layer holds the memory."""
 
-    def __init__(self, exclude=()):
+    def __init__(self, exclude=(), model: torch.nn.Module | None = None):
         _, self.excluded = _storage_bytes(exclude)
         self.saved: dict[int, int] = {}
+        self.owner: dict[int, str] = {}
+        self._model, self._running, self._handles = model, [], []
         self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
 
     def _pack(self, t: torch.Tensor) -> torch.Tensor:
         storage = t.untyped_storage()
-        if storage._cdata not in self.excluded:
+        if storage._cdata not in self.excluded and storage._cdata not in self.saved:
             self.saved[storage._cdata] = storage.nbytes()
+            self.owner[storage._cdata] = self._running[-1] if self._running else "loss"
         return t
+
+    # Module hooks: returning None leaves the module's inputs and outputs as they are.
+    def _enter_module(self, module, args) -> None:
+        self._running.append(type(module).__name__)
+
+    def _leave_module(self, module, args, output) -> None:
+        self._running.pop()
 
     @property
     def nbytes(self) -> int:
         return sum(self.saved.values())
 
+    def by_module(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for key, n in self.saved.items():
+            out[self.owner[key]] = out.get(self.owner[key], 0) + n
+        return dict(sorted(out.items()))
+
     def __enter__(self) -> "SavedActivations":
+        if self._model is not None:
+            for module in self._model.modules():
+                self._handles += [module.register_forward_pre_hook(self._enter_module),
+                                  module.register_forward_hook(self._leave_module)]
         self._hooks.__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
         self._hooks.__exit__(*exc)
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
 
 
 def step_memory(model: LanguageModel, optimizer: torch.optim.Optimizer, ids: torch.Tensor) -> StepMemory:
     """Run one training step and count what it held (see the module's docstring)."""
     params, _ = _storage_bytes(model.parameters())
     optimizer.zero_grad(set_to_none=True)
-    with SavedActivations(exclude=model.parameters()) as saved:
+    with SavedActivations(exclude=model.parameters(), model=model) as saved:
         loss = lm_loss(model, ids)
     loss.backward()
     optimizer.step()
     grads, _ = _storage_bytes(p.grad for p in model.parameters() if p.grad is not None)
     states, _ = _storage_bytes(v for state in optimizer.state.values() for v in state.values()
                                if isinstance(v, torch.Tensor))
-    return StepMemory(params, grads, states, saved.nbytes)
+    return StepMemory(params, grads, states, saved.nbytes, saved.by_module())
 
 
 def _ids(config: ModelConfig, batch: int, seqlen: int, device: str, seed: int) -> torch.Tensor:
@@ -153,6 +185,7 @@ def training_memory_case(model: str, batch: int, seqlen: int, scale: int = 1, la
     row = {"model_name": config.name, "n_params": config.param_count(), "params_bytes": count.params,
            "grads_bytes": count.grads, "optimizer_bytes": count.optimizer, "activation_bytes": count.activations,
            "total_bytes": count.total, "counted_depths": "1,2" if extended else str(config.n_layers),
+           **{f"saved_in_{module}_bytes": n for module, n in count.by_module.items()},
            # Which figures are exact, for the portable gate: they must not change between machines.
            "exact_columns": "params_bytes,grads_bytes,optimizer_bytes,activation_bytes,total_bytes"}
     if device == "cuda":

@@ -166,14 +166,16 @@ def _ratio(a, b) -> float:
 
 
 def breakdown(rows: pd.DataFrame) -> pd.DataFrame:
-    """What each counted step holds, in GiB."""
+    """What each counted step holds, in GiB; the saved activations also by the kind of module that
+    saved them ("loss": the logits kept for the cross-entropy)."""
     m = memory_rows(rows)
     if m.empty:
         return m
     columns = ["params_bytes", "grads_bytes", "optimizer_bytes", "activation_bytes", "total_bytes"]
+    columns += sorted(c for c in m if c.startswith("saved_in_") and m[c].notna().any())
     out = m[["model", "backends", "batch", "counted_depths"]].copy()
     for c in columns:
-        out[c.replace("_bytes", " (GiB)")] = m[c] / 2**30
+        out[c.removesuffix("_bytes").replace("_", " ") + " (GiB)"] = m[c] / 2**30
     return out.sort_values(["model", "batch"]).reset_index(drop=True)
 
 

@@ -12,8 +12,7 @@ from ssmbench.harness.gate import _figure_findings, portable_figures
 from ssmbench.models.generate import case_config
 from ssmbench.models.layers import MLP
 from ssmbench.models.train import SavedActivations, StepMemory, count_step, extended_count
-from ssmbench.suites import common, get_suite
-from ssmbench.suites import training
+from ssmbench.suites import common, get_suite, training
 
 MAMBA = "selective_scan=torch_fast,causal_conv1d=torch"
 ATTENTION = "attention=sdpa_flash_cpu"

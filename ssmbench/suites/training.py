@@ -71,10 +71,11 @@ class Setting:
     timeout_s: float = 600.0
 
 
-CPU_MEMORY = (Model("Mamba-130M", "selective_scan=torch_fast,causal_conv1d=torch"),
-              Model("Transformer-125M", "attention=sdpa_flash_cpu"))
-GPU_MEMORY = (Model("Mamba-130M", "selective_scan=mamba_ssm,causal_conv1d=causal_conv1d"),
-              Model("Transformer-125M", "attention=flash_attn"))
+CPU_MAMBA, CPU_MAMBA2 = "selective_scan=torch_fast,causal_conv1d=torch", "ssd=torch_chunked,causal_conv1d=torch"
+GPU_MAMBA = "selective_scan=mamba_ssm,causal_conv1d=causal_conv1d"
+GPU_MAMBA2 = "ssd=mamba_ssm,causal_conv1d=causal_conv1d"
+CPU_MEMORY = (Model("Mamba-130M", CPU_MAMBA), Model("Transformer-125M", "attention=sdpa_flash_cpu"))
+GPU_MEMORY = (Model("Mamba-130M", GPU_MAMBA), Model("Transformer-125M", "attention=flash_attn"))
 
 
 def _step_models(mamba: str, mamba2: str, attention: str, layers: tuple[int, int, int] = (0, 0, 0)):
@@ -82,22 +83,20 @@ def _step_models(mamba: str, mamba2: str, attention: str, layers: tuple[int, int
             Model("Transformer-125M", attention, layers[2]))
 
 
+GPU_STEPS = _step_models(GPU_MAMBA, GPU_MAMBA2, "attention=flash_attn")
+BATCHES = (1, 2, 4, 8, 16, 32)
+
 SETTINGS = {
     "cpu-small": Setting(
-        memory_device="meta", memory_models=CPU_MEMORY, batches=(1, 2, 4, 8, 16, 32), step_device="cpu",
-        step_models=_step_models("selective_scan=torch_fast,causal_conv1d=torch", "ssd=torch_chunked,causal_conv1d=torch",
-                                 "attention=sdpa", layers=(4, 4, 2)),
+        memory_device="meta", memory_models=CPU_MEMORY, batches=BATCHES, step_device="cpu",
+        step_models=_step_models(CPU_MAMBA, CPU_MAMBA2, "attention=sdpa", layers=(4, 4, 2)),
         lengths=(256, 512, 1024, 2048), scale=16, vocab=512, threads=common.CPU_THREADS, budget_s=1.0,
         max_repeats=8, timeout_s=300),
     "gpu": Setting(
-        memory_device="cuda", memory_models=GPU_MEMORY, batches=(1, 2, 4, 8, 16, 32), step_device="cuda",
-        step_models=_step_models("selective_scan=mamba_ssm,causal_conv1d=causal_conv1d", "ssd=mamba_ssm,causal_conv1d=causal_conv1d",
-                                 "attention=flash_attn"),
+        memory_device="cuda", memory_models=GPU_MEMORY, batches=BATCHES, step_device="cuda", step_models=GPU_STEPS,
         lengths=(512, 1024, 2048, 4096, 8192), step_batch=8, dtype="bfloat16"),
     "paper": Setting(
-        memory_device="cuda", memory_models=GPU_MEMORY, batches=(1, 2, 4, 8, 16, 32), step_device="cuda",
-        step_models=_step_models("selective_scan=mamba_ssm,causal_conv1d=causal_conv1d", "ssd=mamba_ssm,causal_conv1d=causal_conv1d",
-                                 "attention=flash_attn"),
+        memory_device="cuda", memory_models=GPU_MEMORY, batches=BATCHES, step_device="cuda", step_models=GPU_STEPS,
         lengths=(512, 1024, 2048, 4096, 8192, 16384), step_batch=8, dtype="bfloat16", budget_s=5.0),
 }
 
@@ -279,7 +278,8 @@ def figures(rows: pd.DataFrame, folder: Path) -> list[Path]:
     s = step_rows(rows)
     if s.empty:
         return []
-    lines = [(model, g["seqlen"], g["tokens_per_s"], None) for model, g in s.sort_values("seqlen").groupby("model_name")]
+    lines = [(model, g["seqlen"], g["tokens_per_s"], None)
+             for model, g in s.sort_values("seqlen").groupby("model_name")]
     return [common.loglog_figure(Path(folder) / "training_throughput.png", lines, xlabel="sequence length",
                                  ylabel="training tokens/s",
                                  title=f"training step throughput ({common.device_label(rows)})")]

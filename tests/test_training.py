@@ -101,6 +101,12 @@ def test_cpu_small_cases():
     assert {c.params["device"] for c in steps} == {"cpu"}
     assert sorted({c.params["seqlen"] for c in steps}) == [256, 512, 1024, 2048]
     assert len({c.case_id for c in cases}) == len(cases)
+    from ssmbench.models.train import layer_params
+
+    # Equal size: the layers' weights of the tiny models within 5% of each other.
+    sizes = {layer_params(case_config(c.params["model"], c.params["scale"], c.params["layers"], c.params["vocab"],
+                                      c.params["seqlen"])) for c in steps}
+    assert max(sizes) / min(sizes) < 1.05
 
 
 def memory_row(model: str, batch: int, total: float, **extra) -> dict:
@@ -183,6 +189,16 @@ def test_small_run_end_to_end(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "Mamba Table 15" in out and "38.2" in out
     assert f"{table.loc[1, 'Mamba counted (GB)']:.4g}" in out
+
+
+def test_layer_params_leave_out_the_embeddings():
+    from ssmbench.models.train import layer_params
+
+    for model in ("Mamba-130M", "Transformer-125M"):
+        with_vocab, without = case_config(model, 16, 2, 512, 64), case_config(model, 16, 2, 256, 64)
+        assert layer_params(with_vocab) == layer_params(without) > 0
+    longer = case_config("Transformer-125M", 16, 2, 256, 4096)  # more learned positions
+    assert layer_params(longer) == layer_params(case_config("Transformer-125M", 16, 2, 256, 64))
 
 
 def test_step_memory_total_is_the_sum():

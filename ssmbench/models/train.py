@@ -151,6 +151,13 @@ def _ids(config: ModelConfig, batch: int, seqlen: int, device: str, seed: int) -
     return ids.to(device)
 
 
+def layer_params(config: ModelConfig) -> int:
+    """Weights outside the token and position embeddings (and the LM head): what "equal size"
+    compares when tiny models' embeddings would dominate their counts."""
+    embeddings = config.vocab_size * config.d_model * (1 if config.tie_embeddings else 2)
+    return config.param_count() - embeddings - config.learned_positions * config.d_model
+
+
 def uniform_layers(config: ModelConfig) -> bool:
     """Whether every layer has the same mixer and MLP (the count extends from depths 1 and 2)."""
     return len({(config.mixer(i), config.is_moe(i)) for i in range(config.n_layers)}) == 1
@@ -222,5 +229,5 @@ def training_step_case(model: str, batch: int, seqlen: int, scale: int = 1, laye
     timing = measure(step, "cuda" if device == "cuda" else "cpu", min_repeats=min_repeats,
                      max_repeats=max_repeats, budget_s=budget_s)
     stats = timing.stats()
-    return {"model_name": config.name, "n_params": config.param_count(), **stats,
-            "samples_ms": timing.samples_ms, "tokens_per_s": batch * seqlen / (stats["median_ms"] * 1e-3)}
+    return {"model_name": config.name, "n_params": config.param_count(), "n_layer_params": layer_params(config),
+            **stats, "samples_ms": timing.samples_ms, "tokens_per_s": batch * seqlen / (stats["median_ms"] * 1e-3)}

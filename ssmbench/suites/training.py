@@ -90,8 +90,8 @@ SETTINGS = {
     "cpu-small": Setting(
         memory_device="meta", memory_models=CPU_MEMORY, batches=BATCHES, step_device="cpu",
         step_models=_step_models(CPU_MAMBA, CPU_MAMBA2, "attention=sdpa", layers=(3, 2, 2)),
-        lengths=(256, 512, 1024, 2048), scale=16, vocab=512, threads=common.CPU_THREADS, budget_s=1.0,
-        max_repeats=8, timeout_s=300),
+        lengths=(256, 512, 1024, 2048), scale=16, vocab=512, threads=common.CPU_THREADS, budget_s=2.0,
+        max_repeats=15, timeout_s=300),
     "gpu": Setting(
         memory_device="cuda", memory_models=GPU_MEMORY, batches=BATCHES, step_device="cuda", step_models=GPU_STEPS,
         lengths=(512, 1024, 2048, 4096, 8192), step_batch=8, dtype="bfloat16"),

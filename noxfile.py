@@ -15,7 +15,8 @@ nox.options.default_venv_backend = "venv"
 # The CPU wheel; an unpinned torch would pull a multi-GB CUDA build onto CPU machines.
 CPU_TORCH = "torch==2.13.0"
 # Every suite with a CPU preset; the claim suites first, so that their report comes soonest.
-SUITES = ("scaling", "ssd_speedup", "jamba_cache", "generation", "jamba_throughput", "peers", "kernels")
+SUITES = ("scaling", "ssd_speedup", "jamba_cache", "generation", "jamba_throughput", "training", "peers",
+          "kernels")
 # The CPU gate leaves out peers: its verdicts are margins over other projects' scans (3x at
 # cpu-small sizes is within noise of the target: 1.6x to 3.2x between two runs here), a claim
 # for the cpu-peers preset to judge, not a regression check.

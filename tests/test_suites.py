@@ -264,7 +264,9 @@ def test_jamba_judge_and_paper_tables(tmp_path):
     assert table1(rows)["built == formula"].all()
     tables = paper_tables(results_dir=tmp_path)  # no runs stored: the analytic tables, "not measured" beside
     stated = tables["Numbers the papers state, next to what was measured"]
-    assert set(stated["claim"]) == {"C1", "C3", "C4"}
+    assert set(stated["claim"]) == {"C1", "C3", "C4", "C5"}
+    assert tables["Mamba Table 15: training memory, 125M models, L=2048"]["paper Mamba (GB)"].tolist() == \
+        [4.8, 5.8, 7.3, 12.3, 23.1, 38.2]
     assert (stated.loc[stated["claim"] == "C1", "measured"] == "not measured").all()
     assert tables["Jamba Table 1: KV cache at 256K tokens, 16-bit"]["formula == paper"].all()
 

@@ -53,7 +53,7 @@ class GateRefused(ValueError):
 @dataclass(frozen=True)
 class Finding:
     key: str
-    kind: str  # time | status | ratio | exponent | table | verdict
+    kind: str  # time | status | ratio | exponent | table | exact | verdict
     baseline: Any
     current: Any
     outcome: str
@@ -257,7 +257,8 @@ def portable_figures(rows: pd.DataFrame, labels: dict[str, str] | None = None) -
     the same problem, with a bootstrap interval from both raw samples, then the geometric mean of
     those over the run's problems, per backend pair; exponent: the log-log
     slope of time in the sequence length per backend of ours, with its regression interval;
-    table: exact-table rows' ``equal``. Third-party backends are left out of ratios and
+    table: exact-table rows' ``equal``; exact: each column a row lists in ``exact_columns``
+    (byte counts, which may not grow). Third-party backends are left out of ratios and
     exponents: their speed against ours is measured, but it is not this project's to gate.
     """
     figures: dict[tuple[str, str], Figure | bool] = {}
@@ -265,6 +266,13 @@ def portable_figures(rows: pd.DataFrame, labels: dict[str, str] | None = None) -
     if "equal" in rows:
         for _, row in rows[rows["equal"].notna()].iterrows():
             figures[("table", labels.get(row["case_id"], row["case_id"]))] = bool(row["equal"])
+    if "exact_columns" in rows:
+        # A row names its own exact figures (byte counts that no machine changes).
+        for _, row in _ok(rows)[_ok(rows)["exact_columns"].notna()].iterrows():
+            for column in row["exact_columns"].split(","):
+                value = float(row[column])
+                figures[("exact", f"{labels.get(row['case_id'], row['case_id'])} {column}")] = \
+                    Figure(value, value, value)
     ok = _ok(rows)
     if "median_ms" not in ok or "op" not in ok:
         return figures
@@ -352,6 +360,12 @@ def _figure_findings(base, cur, ratio_threshold: float, exponent_tolerance: floa
         if kind == "table":
             outcome = "regression" if b and not c else "improvement" if c and not b else "unchanged"
             findings.append(Finding(key, kind, b, c, outcome))
+            continue
+        if kind == "exact":
+            # Bytes held: any growth is a regression, however small; a machine cannot explain it.
+            outcome = "regression" if c.value > b.value else "improvement" if c.value < b.value else "unchanged"
+            findings.append(Finding(key, kind, b.value, c.value, outcome, c.value / b.value - 1 if b.value else math.nan,
+                                    detail="exact count; any growth counts"))
             continue
         if kind == "ratio":
             change = c.value / b.value - 1

@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from ..harness.stats import CONFIDENCE, Fit, loglog_fit, speedup  # noqa: F401 - the suites' vocabulary
+from ..harness.stats import CONFIDENCE, Fit, bootstrap_medians, loglog_fit, speedup  # noqa: F401 - the suites' vocabulary
 from ..impls.registry import backends, get_op
 from .base import Case
 
@@ -211,6 +211,42 @@ def on_gpu(rows: pd.DataFrame) -> bool:
     return "device" in rows and bool((rows["device"] == "cuda").any())
 
 
+@dataclass(frozen=True)
+class CrossoverInterval:
+    """A percentile bootstrap interval of a crossover length: each length's raw samples of each
+    series resampled, the medians' crossover found again. ``share``: the fraction of resamples
+    whose crossover has the point estimate's status and a length (the rest give none)."""
+
+    low: float | None
+    high: float | None
+    share: float
+
+    def describe(self) -> str:
+        if self.low is None:
+            return "no interval (no resample gives a length)"
+        return f"[{self.low:,.0f}, {self.high:,.0f}] ({self.share:.0%} of resamples)"
+
+
+def crossover_interval(a: Mapping[float, Sequence[float]], b: Mapping[float, Sequence[float]],
+                       confidence: float = CONFIDENCE, resamples: int = 1000, seed: int = 0) -> CrossoverInterval:
+    """``a``, ``b``: raw times by length. See :class:`CrossoverInterval`."""
+    rng = np.random.default_rng(seed)
+    point = crossover(pd.Series({L: np.median(s) for L, s in a.items()}),
+                      pd.Series({L: np.median(s) for L, s in b.items()}))
+    boot_a = {L: bootstrap_medians(s, resamples, rng) for L, s in a.items()}
+    boot_b = {L: bootstrap_medians(s, resamples, rng) for L, s in b.items()}
+    lengths = []
+    for i in range(resamples):
+        c = crossover(pd.Series({L: m[i] for L, m in boot_a.items()}), pd.Series({L: m[i] for L, m in boot_b.items()}))
+        if c.status == point.status and c.length is not None:
+            lengths.append(c.length)
+    if not lengths:
+        return CrossoverInterval(None, None, 0.0)
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.percentile(lengths, [tail, 100 - tail])
+    return CrossoverInterval(float(low), float(high), len(lengths) / resamples)
+
+
 def _extrapolate(a: pd.Series, b: pd.Series, beyond: float, reach: float = 256) -> float | None:
     """Where the power laws fitted to the upper halves of a and b meet, if beyond ``beyond``
     and within ``reach`` times it (further out, the meeting point is the fit's noise)."""
@@ -223,8 +259,9 @@ def _extrapolate(a: pd.Series, b: pd.Series, beyond: float, reach: float = 256) 
     fa, fb = fits
     if fb.slope <= fa.slope:
         return None
-    length = math.exp((fa.intercept - fb.intercept) / (fb.slope - fa.slope))
-    return length if beyond < length <= reach * beyond else None
+    # In logs: nearly parallel lines meet beyond any float.
+    log_length = (fa.intercept - fb.intercept) / (fb.slope - fa.slope)
+    return math.exp(log_length) if math.log(beyond) < log_length <= math.log(reach * beyond) else None
 
 
 # Figures.

@@ -129,6 +129,8 @@ class Op:
     bound its time (with the two above, the floor: the time no backend can beat on a machine).
     test_problems() -> the problems every backend is checked on: odd lengths, length 1, every
     layout and optional argument (on the CPU, float32; the tests add devices and dtypes).
+    length_field: the problem field that is the sequence length (what backends' max_sensible_len
+    bounds), absent from the problems of the one-step ops.
     """
 
     name: str
@@ -143,6 +145,7 @@ class Op:
     test_problems: Callable[[], list[Problem]]
     doc: str = ""
     exps: Callable[[Problem], int] | None = None
+    length_field: str = "seqlen"
 
     @cached_property
     def reference_fn(self) -> Callable:
@@ -199,6 +202,14 @@ class Backend:
     priority: higher wins under backend="auto".
     has_backward: whether gradients flow through the call (its own backward, or autograd through
     torch ops); a backend without one is timed and checked forward only.
+    Traits the suites select by (so that a new backend module needs no edit elsewhere):
+    python_loop: steps over the sequence in Python, one or more torch calls per step, so a call
+    costs milliseconds per thousand steps; benchmarks cap the lengths they time it at.
+    fused: the whole op in one GPU kernel (or a few), never writing per-step states or the L x L
+    scores to memory: the papers' "fused kernels" that the claims compare.
+    max_sensible_len: the longest sequence length worth running it at, where past that a call
+    takes seconds or memory quadratic in L and says nothing new (None: no such bound). For the
+    float64 reference: the length its correctness checks run at for longer problems.
     """
 
     op: str
@@ -211,6 +222,9 @@ class Backend:
     limits: Mapping[str, int] = field(default_factory=dict)
     priority: int = 0
     has_backward: bool = False
+    python_loop: bool = False
+    fused: bool = False
+    max_sensible_len: int | None = None
     kind: str = "torch"  # reference | torch | triton | cuda | third-party
     description: str = ""
     check_available: Callable[[], list[str]] | None = None
@@ -279,7 +293,7 @@ def triton_backend(op: str, impl: str, description: str, **fields) -> Backend:
         op=op, name="triton", impl=impl, kind="triton", requires=("triton",),
         devices=("cpu", "cuda") if interpreting else ("cuda",),
         dtypes=("float32", "bfloat16", "float16"),
-        priority=-10 if interpreting else 10,
+        priority=-10 if interpreting else 10, fused=True,
         no_gpu_reason="needs a CUDA GPU, or TRITON_INTERPRET=1 to run interpreted on the CPU",
         description=description, **fields,
     )

@@ -14,6 +14,7 @@ import importlib.util
 import os
 from dataclasses import dataclass, field
 from functools import cache, cached_property
+from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import torch
@@ -169,7 +170,17 @@ def import_failure(module: str) -> list[str]:
     check_available: a package can be installed yet fail to import (a compiled extension missing
     or built for another torch), and that error is the reason to show."""
     error = _import_error(module)
-    return [] if error is None else [f"{module} fails to import: {error}"]
+    return [] if error is None else [f"{module} fails to import: {error}{build_reason(module)}"]
+
+
+def build_reason(module: str) -> str:
+    """Why the build of ``module``'s package failed here, as "; " + one line, when a build recorded
+    it (ssmbench.harness.third_party_build, in the folder named by SSMBENCH_BUILD_REASONS)."""
+    folder = os.environ.get("SSMBENCH_BUILD_REASONS")
+    note = Path(folder) / f"{module.split('.')[0]}.txt" if folder else None
+    if note is None or not note.is_file():
+        return ""
+    return "; " + note.read_text().strip()
 
 
 @cache
@@ -245,7 +256,7 @@ class Backend:
                 reasons.append(f"{module} cannot be located: {exc}")
                 continue
             if not found:
-                reasons.append(f"{module} is not installed")
+                reasons.append(f"{module} is not installed{build_reason(module)}")
         if reasons:
             return reasons
         if self.devices == ("cuda",) and not cuda_available():

@@ -221,6 +221,9 @@ class Backend:
     max_sensible_len: the longest sequence length worth running it at, where past that a call
     takes seconds or memory quadratic in L and says nothing new (None: no such bound). For the
     float64 reference: the length its correctness checks run at for longer problems.
+    first_call_s: seconds its first call on a GPU takes for each new dtype and state size
+    (compiling, autotuning), as measured (kernels/PERF.md); for planning a run's time, never
+    asserted.
     """
 
     op: str
@@ -236,6 +239,7 @@ class Backend:
     python_loop: bool = False
     fused: bool = False
     max_sensible_len: int | None = None
+    first_call_s: float = 0.0
     kind: str = "torch"  # reference | torch | triton | cuda | third-party
     description: str = ""
     check_available: Callable[[], list[str]] | None = None
@@ -306,5 +310,5 @@ def triton_backend(op: str, impl: str, description: str, **fields) -> Backend:
         dtypes=("float32", "bfloat16", "float16"),
         priority=-10 if interpreting else 10, fused=True,
         no_gpu_reason="needs a CUDA GPU, or TRITON_INTERPRET=1 to run interpreted on the CPU",
-        description=description, **fields,
+        description=description, **{"first_call_s": 10.0, **fields},  # 10 s: one compile and tune, not measured
     )

@@ -77,6 +77,12 @@ SETTINGS = {
         device="cuda", dtype="bfloat16", batch=1, dim=1024, dstate=16, headdim=64, chunk_size=256,
         lengths=tuple(2**k for k in range(9, 18)), backends=None, max_len=None,
         check_len=2048, budget_s=0.3, max_repeats=30),
+    # One short run on a lent GPU (scripts/gpu-lease.sh): the paper's widths at four lengths, the
+    # upper three of which the exponents are fitted over.
+    "gpu-lease": Setting(
+        device="cuda", dtype="bfloat16", batch=1, dim=1024, dstate=16, headdim=64, chunk_size=256,
+        lengths=(2**10, 2**12, 2**14, 2**16), backends=None, max_len=None,
+        check_len=2048, budget_s=0.15, max_repeats=20, timeout_s=120),
     "paper": Setting(
         device="cuda", dtype="bfloat16", batch=1, dim=1024, dstate=16, headdim=64, chunk_size=256,
         lengths=tuple(2**k for k in range(9, 20)), backends=None, max_len=None,

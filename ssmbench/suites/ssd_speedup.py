@@ -67,6 +67,12 @@ SETTINGS = {
         device="cuda", dtype="bfloat16", batch=1, dim=2048, headdim=64, chunk_size=256,
         lengths=tuple(2**k for k in range(9, 18)), n_length=4096, dstates=(16, 32, 64, 128, 256),
         backends=None, max_len=None, check_len=2048, budget_s=0.3, max_repeats=30),
+    # One short run on a lent GPU (scripts/gpu-lease.sh): each new state size costs mamba-ssm's and
+    # fla-core's SSD about 30 s of autotuning (kernels/PERF.md), so the N sweep has three.
+    "gpu-lease": Setting(
+        device="cuda", dtype="bfloat16", batch=1, dim=2048, headdim=64, chunk_size=256,
+        lengths=(2**12, 2**14, 2**16), n_length=4096, dstates=(16, 64, 128),
+        backends=None, max_len=None, check_len=2048, budget_s=0.15, max_repeats=20, timeout_s=120),
     "paper": Setting(
         device="cuda", dtype="bfloat16", batch=1, dim=2048, headdim=64, chunk_size=256,
         lengths=tuple(2**k for k in range(9, 20)), n_length=4096, dstates=(16, 32, 64, 128, 256),

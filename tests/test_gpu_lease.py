@@ -103,3 +103,20 @@ def test_a_suite_past_its_limit_is_stopped_and_the_next_one_goes_on(tmp_path):
 def test_gpu_folder_names():
     assert gpu_lease.gpu_folder_name("NVIDIA H200") == "nvidia-h200"
     assert gpu_lease.gpu_folder_name("NVIDIA H100 80GB HBM3") == "nvidia-h100-80gb-hbm3"
+
+
+def test_a_suite_that_cannot_start_is_reported_and_the_run_goes_on(tmp_path, monkeypatch):
+    # The lease's own process believes in a GPU; the suites' processes see none and refuse, each
+    # with its reason in lease.md.
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Fake GPU 9")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    assert gpu_lease.main(["--no-build", "--suites", "jamba_cache,generation", "--budget", "60",
+                           "--out", str(tmp_path)]) == 0
+    lease = (tmp_path / "fake-gpu-9" / "lease.md").read_text()
+    for name in ("jamba_cache", "generation"):
+        [row] = [line for line in lease.splitlines() if line.startswith(f"| {name} |")]
+        assert "exit 2" in row and "CUDA GPU" in row, row

@@ -142,10 +142,15 @@ def _run_limited(command: list[str], limit_s: float, env: dict[str, str], log: P
     return code, time.perf_counter() - started
 
 
-def _rows(results: Path, suite: str) -> Counter:
+def _runs(results: Path) -> set[Path]:
+    return {r for r in results.iterdir() if (r / "manifest.json").is_file()}
+
+
+def _statuses(runs: set[Path]) -> Counter:
     counts: Counter = Counter()
-    for rows in results.glob(f"*{suite}-{PRESET}*/rows.jsonl"):
-        for line in rows.read_text().splitlines():
+    for run in runs:
+        rows = run / "rows.jsonl"
+        for line in rows.read_text().splitlines() if rows.is_file() else ():
             if line.strip():
                 counts[json.loads(line).get("status", "?")] += 1
     return counts
@@ -222,18 +227,23 @@ def main(argv: list[str] | None = None) -> int:
 
     lines += ["## Suites", "", "| suite | cases | rows by status | seconds (limit) | ended |", "|---|---|---|---|---|"]
     cli = [sys.executable, "-m", "ssmbench.harness.cli", "--results-dir", str(results), "--reports-dir", str(reports)]
+    ours: set[Path] = set()
     for p in plans:
         print(f"== {p.suite}: {p.cases} cases, limit {p.limit_s:.0f} s", flush=True)
-        code, seconds = _run_limited(cli + ["run", "--suite", p.suite, "--preset", PRESET, "--quiet"],
-                                     p.limit_s, env, folder / f"{p.suite}.log")
-        ended = "done" if code == 0 else ("stopped at its limit" if code is None else f"exit {code}")
-        counts = ", ".join(f"{k} {v}" for k, v in sorted(_rows(results, p.suite).items())) or "none"
+        before = _runs(results)
+        log = folder / f"{p.suite}.log"
+        code, seconds = _run_limited(cli + ["run", "--suite", p.suite, "--preset", PRESET, "--quiet"], p.limit_s, env, log)
+        new = _runs(results) - before
+        ours |= new
+        ended = ("done" if code == 0 else "stopped at its limit" if code is None
+                 else f"exit {code}: {(log.read_text().strip().splitlines() or [''])[-1][:200]}")
+        counts = ", ".join(f"{k} {v}" for k, v in sorted(_statuses(new).items())) or "none"
         lines.append(f"| {p.suite} | {p.cases} | {counts} | {seconds:.0f} ({p.limit_s:.0f}) | {ended} |")
         print(lines[-1], flush=True)
-    runs = sorted(str(r) for r in results.iterdir() if (r / "manifest.json").is_file())
-    if runs:
-        code, _ = _run_limited(cli + ["report", *runs], 120, env, folder / "report.log")
-        lines += ["", f"Report: {(folder / 'report.log').read_text().strip().splitlines()[-1:] or ['(none)']}"]
+    if ours:
+        _run_limited(cli + ["report", *sorted(map(str, ours))], 120, env, folder / "report.log")
+        shown = (folder / "report.log").read_text().strip().splitlines()
+        lines += ["", f"Report: {shown[-1] if shown else '(none written)'}"]
     (folder / "lease.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

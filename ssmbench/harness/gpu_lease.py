@@ -40,6 +40,7 @@ from pathlib import Path
 from ..impls.registry import OP_NAMES, backends
 from ..suites import available_suites, get_suite
 from ..suites.base import Case
+from . import third_party_build as tpb
 from .third_party_build import PACKAGES
 
 PRESET = "gpu-lease"
@@ -183,9 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_build:
             print("build step:")
             if args.sdists.is_dir():
-                from . import third_party_build
-
-                third_party_build.main(["--sdists", str(args.sdists), "--arch", os.environ.get("TORCH_CUDA_ARCH_LIST", "9.0"),
+                tpb.main(["--sdists", str(args.sdists), "--arch", os.environ.get("TORCH_CUDA_ARCH_LIST", "9.0"),
                                         "--jobs", os.environ.get("MAX_JOBS", "16"), "--timeout", str(args.build_timeout),
                                         "--dry-run"])
             else:
@@ -216,8 +215,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.sdists.is_dir():
             code, seconds = _run_limited(
                 [sys.executable, "-m", "ssmbench.harness.third_party_build", "--sdists", str(args.sdists),
-                 "--prefix", str(prefix), "--timeout", str(args.build_timeout)],
-                args.build_timeout + 360, env, folder / "build.log")
+                 "--prefix", str(prefix), "--timeout", str(args.build_timeout), "--jobs", env["MAX_JOBS"]],
+                args.build_timeout + 2 * tpb.PYTHON_PART_TIMEOUT_S, env, folder / "build.log")
             lines += ["## Builds", "", "```", *(folder / "build.log").read_text().splitlines()[-4:], "```", ""]
             env["PYTHONPATH"] = ":".join(filter(None, [str(prefix / "cuda"), str(prefix / "python"), env.get("PYTHONPATH")]))
             env["SSMBENCH_BUILD_REASONS"] = str(prefix / "reasons")

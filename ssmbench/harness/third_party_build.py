@@ -33,6 +33,7 @@ from pathlib import Path
 # Each -gencode flag that setup.py appends, with the arch= flag after it.
 GENCODE = re.compile(r'cc_flag\.append\("-gencode"\)\s*\n\s*cc_flag\.append\("arch=compute_\w+,code=\w+"\)')
 TAIL_CHARS = 600  # of a failed build's output, in its reason line
+PYTHON_PART_TIMEOUT_S = 120  # seconds for an install without the CUDA part (about 10 s here)
 
 
 @dataclass(frozen=True)
@@ -152,7 +153,7 @@ def run(build: Build, reasons: Path) -> Build:
         setup = source / "setup.py"
         text, build.removed_flags = one_arch(setup.read_text())
         setup.write_text(text)
-        code, out = _run(build.pip(source, build.prefix / "python"), build.env(False), 300, source)
+        code, out = _run(build.pip(source, build.prefix / "python"), build.env(False), PYTHON_PART_TIMEOUT_S, source)
         build.log.append(out)
         if code != 0:
             build.status = "failed"

@@ -185,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
             print("build step:")
             if args.sdists.is_dir():
                 tpb.main(["--sdists", str(args.sdists), "--arch", os.environ.get("TORCH_CUDA_ARCH_LIST", "9.0"),
-                                        "--jobs", os.environ.get("MAX_JOBS", "16"), "--timeout", str(args.build_timeout),
+                                        "--jobs", os.environ.get("MAX_JOBS", "16"),
+                                        "--timeout", str(args.build_timeout),
                                         "--dry-run"])
             else:
                 print(f"  --sdists {args.sdists} is not a folder: no third-party build, their backends will say so")
@@ -218,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
                  "--prefix", str(prefix), "--timeout", str(args.build_timeout), "--jobs", env["MAX_JOBS"]],
                 args.build_timeout + 2 * tpb.PYTHON_PART_TIMEOUT_S, env, folder / "build.log")
             lines += ["## Builds", "", "```", *(folder / "build.log").read_text().splitlines()[-4:], "```", ""]
-            env["PYTHONPATH"] = ":".join(filter(None, [str(prefix / "cuda"), str(prefix / "python"), env.get("PYTHONPATH")]))
+            env["PYTHONPATH"] = ":".join(filter(None, [tpb.python_path(prefix), env.get("PYTHONPATH")]))
             env["SSMBENCH_BUILD_REASONS"] = str(prefix / "reasons")
         else:
             lines += [f"No builds: --sdists {args.sdists} is not a folder.", ""]
@@ -231,7 +232,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"== {p.suite}: {p.cases} cases, limit {p.limit_s:.0f} s", flush=True)
         before = _runs(results)
         log = folder / f"{p.suite}.log"
-        code, seconds = _run_limited(cli + ["run", "--suite", p.suite, "--preset", PRESET, "--quiet"], p.limit_s, env, log)
+        code, seconds = _run_limited(cli + ["run", "--suite", p.suite, "--preset", PRESET, "--quiet"],
+                                     p.limit_s, env, log)
         new = _runs(results) - before
         ours |= new
         ended = ("done" if code == 0 else "stopped at its limit" if code is None

@@ -44,7 +44,8 @@ class Package:
     jobs_share: float  # of MAX_JOBS, when the builds run side by side
 
 
-PACKAGES = (Package("mamba-ssm", "mamba_ssm", "MAMBA", 0.75), Package("causal-conv1d", "causal_conv1d", "CAUSAL_CONV1D", 0.25))
+PACKAGES = (Package("mamba-ssm", "mamba_ssm", "MAMBA", 0.75),
+            Package("causal-conv1d", "causal_conv1d", "CAUSAL_CONV1D", 0.25))
 
 
 @dataclass
@@ -190,13 +191,15 @@ def python_path(prefix: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python3 -m ssmbench.harness.third_party_build", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python3 -m ssmbench.harness.third_party_build",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("--sdists", type=Path, required=True, help="folder holding the .tar.gz source distributions")
     parser.add_argument("--prefix", type=Path, default=Path("/tmp/ssmbench-kernels"),
                         help="where the packages are installed (cuda/ and python/ inside) and reasons/ written")
     parser.add_argument("--arch", help="compute capability to build for (default: this machine's GPU)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 4, help="MAX_JOBS shared by the two builds")
-    parser.add_argument("--timeout", type=float, default=240.0, help="seconds for each CUDA build (they run side by side)")
+    parser.add_argument("--timeout", type=float, default=240.0,
+                        help="seconds for each CUDA build (they run side by side)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan; build nothing")
     args = parser.parse_args(argv)
     if not args.sdists.is_dir():
@@ -211,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.timeout:.0f} s per CUDA build, side by side")
     for build in builds:
         print("\n".join(build.describe()))
-    print(f"then: export PYTHONPATH={python_path(args.prefix)}:$PYTHONPATH SSMBENCH_BUILD_REASONS={args.prefix / 'reasons'}")
+    print(f"then: export PYTHONPATH={python_path(args.prefix)}:$PYTHONPATH "
+          f"SSMBENCH_BUILD_REASONS={args.prefix / 'reasons'}")
     if args.dry_run:
         return 0
     reasons = args.prefix / "reasons"

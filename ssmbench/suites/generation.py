@@ -71,7 +71,8 @@ class Setting:
 
 MAMBA, TRANSFORMER = Model("Mamba-1.4B"), Model("Transformer-1.3B")
 HF = Model("Transformer-1.3B", "hf")
-SMALL_MAMBA, SMALL_TRANSFORMER, SMALL_HF = Model("Mamba-130M"), Model("Transformer-125M"), Model("Transformer-125M", "hf")
+SMALL_MAMBA, SMALL_TRANSFORMER = Model("Mamba-130M"), Model("Transformer-125M")
+SMALL_HF = Model("Transformer-125M", "hf")
 
 
 def _main_comparisons(mamba: Model = MAMBA, ours: Model = TRANSFORMER, hf: Model = HF) -> tuple[Comparison, ...]:

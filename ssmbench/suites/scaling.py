@@ -301,8 +301,8 @@ def _fused_verdict(a: Analysis, device: str, setting: str) -> Verdict:
         scan = a.times[a.times["op"] == "selective_scan"]
         kinds = sorted(set(scan["backend"]))
         return Verdict(**base, measured=f"scan backends timed: {', '.join(kinds) or 'none'}", verdict="not measured",
-                       reason=f"no fused scan kernel ({', '.join(common.fused('selective_scan'))}) was timed next to the "
-                              "torch scan on this device")
+                       reason=f"no fused scan kernel ({', '.join(common.fused('selective_scan'))}) was timed "
+                              "next to the torch scan on this device")
     r = result
     holds = r["low"] >= 20
     return Verdict(**base, measured=f"torch / {r['fused']} at L={r['L']}: {r['ratio']:.1f}x "

@@ -14,6 +14,7 @@ import importlib.util
 import os
 from dataclasses import dataclass, field
 from functools import cache, cached_property
+from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import torch
@@ -140,6 +141,8 @@ class Op:
     bound its time (with the two above, the floor: the time no backend can beat on a machine).
     test_problems() -> the problems every backend is checked on: odd lengths, length 1, every
     layout and optional argument (on the CPU, float32; the tests add devices and dtypes).
+    length_field: the problem field that is the sequence length (what backends' max_sensible_len
+    bounds), absent from the problems of the one-step ops.
     """
 
     name: str
@@ -154,6 +157,7 @@ class Op:
     test_problems: Callable[[], list[Problem]]
     doc: str = ""
     exps: Callable[[Problem], int] | None = None
+    length_field: str = "seqlen"
 
     @cached_property
     def reference_fn(self) -> Callable:
@@ -177,7 +181,17 @@ def import_failure(module: str) -> list[str]:
     check_available: a package can be installed yet fail to import (a compiled extension missing
     or built for another torch), and that error is the reason to show."""
     error = _import_error(module)
-    return [] if error is None else [f"{module} fails to import: {error}"]
+    return [] if error is None else [f"{module} fails to import: {error}{build_reason(module)}"]
+
+
+def build_reason(module: str) -> str:
+    """Why the build of ``module``'s package failed here, as "; " + one line, when a build recorded
+    it (ssmbench.harness.third_party_build, in the folder named by SSMBENCH_BUILD_REASONS)."""
+    folder = os.environ.get("SSMBENCH_BUILD_REASONS")
+    note = Path(folder) / f"{module.split('.')[0]}.txt" if folder else None
+    if note is None or not note.is_file():
+        return ""
+    return "; " + note.read_text().strip()
 
 
 @cache
@@ -210,6 +224,17 @@ class Backend:
     priority: higher wins under backend="auto".
     has_backward: whether gradients flow through the call (its own backward, or autograd through
     torch ops); a backend without one is timed and checked forward only.
+    Traits the suites select by (so that a new backend module needs no edit elsewhere):
+    python_loop: steps over the sequence in Python, one or more torch calls per step, so a call
+    costs milliseconds per thousand steps; benchmarks cap the lengths they time it at.
+    fused: the whole op in one GPU kernel (or a few), never writing per-step states or the L x L
+    scores to memory: the papers' "fused kernels" that the claims compare.
+    max_sensible_len: the longest sequence length worth running it at, where past that a call
+    takes seconds or memory quadratic in L and says nothing new (None: no such bound). For the
+    float64 reference: the length its correctness checks run at for longer problems.
+    first_call_s: seconds its first call on a GPU takes for each new dtype and state size
+    (compiling, autotuning), as measured (kernels/PERF.md); for planning a run's time, never
+    asserted.
     """
 
     op: str
@@ -222,6 +247,10 @@ class Backend:
     limits: Mapping[str, int] = field(default_factory=dict)
     priority: int = 0
     has_backward: bool = False
+    python_loop: bool = False
+    fused: bool = False
+    max_sensible_len: int | None = None
+    first_call_s: float = 0.0
     kind: str = "torch"  # reference | torch | triton | cuda | third-party
     description: str = ""
     check_available: Callable[[], list[str]] | None = None
@@ -242,7 +271,7 @@ class Backend:
                 reasons.append(f"{module} cannot be located: {exc}")
                 continue
             if not found:
-                reasons.append(f"{module} is not installed")
+                reasons.append(f"{module} is not installed{build_reason(module)}")
         if reasons:
             return reasons
         if self.devices == ("cuda",) and not cuda_available():
@@ -290,7 +319,7 @@ def triton_backend(op: str, impl: str, description: str, **fields) -> Backend:
         op=op, name="triton", impl=impl, kind="triton", requires=("triton",),
         devices=("cpu", "cuda") if interpreting else ("cuda",),
         dtypes=("float32", "bfloat16", "float16"),
-        priority=-10 if interpreting else 10,
+        priority=-10 if interpreting else 10, fused=True,
         no_gpu_reason="needs a CUDA GPU, or TRITON_INTERPRET=1 to run interpreted on the CPU",
-        description=description, **fields,
+        description=description, **{"first_call_s": 10.0, **fields},  # 10 s: one compile and tune, not measured
     )

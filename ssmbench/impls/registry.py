@@ -1,8 +1,9 @@
 """Discovery of ops and backends, and the choice of backend for a call.
 
 Each op is a subpackage ``ssmbench.impls.<op>`` whose ``__init__`` defines ``OP``; each module
-inside it defines ``BACKEND`` (or ``BACKENDS``, a list). Modules import no optional package at
-import time, so discovery works on a machine with none installed.
+inside it defines ``BACKEND`` (or ``BACKENDS``, a list), except private helpers (a leading
+underscore). Modules import no optional package at import time, so discovery works on a machine
+with none installed.
 """
 from __future__ import annotations
 
@@ -43,7 +44,13 @@ def backends(op: str) -> dict[str, Backend]:
     package = importlib.import_module(f"ssmbench.impls.{op}")
     found: list[Backend] = []
     for info in pkgutil.iter_modules(package.__path__):
+        if info.name.startswith("_"):
+            continue
         module = importlib.import_module(f"{package.__name__}.{info.name}")
+        if not (hasattr(module, "BACKEND") or hasattr(module, "BACKENDS")):
+            # A misspelt name would otherwise drop the backend from every table without a word.
+            raise RuntimeError(f"{module.__name__} ({module.__file__}) defines neither BACKEND nor BACKENDS; "
+                               "a module of an op's folder holds backends, helpers start with '_'")
         found.extend(getattr(module, "BACKENDS", ()))
         if hasattr(module, "BACKEND"):
             found.append(module.BACKEND)

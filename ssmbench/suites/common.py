@@ -34,6 +34,38 @@ def registered(op: str, names: Iterable[str]) -> list[str]:
     return [n for n in names if n in known]
 
 
+# Backends chosen by their traits (ssmbench.impls.base.Backend), in auto priority order, so that a
+# new backend module joins the suites without an edit to them.
+def fused(op: str) -> list[str]:
+    """The op's fused kernels: what the papers' speed claims are about."""
+    return [b.name for b in backends(op).values() if b.fused]
+
+
+def fallback(op: str) -> list[str]:
+    """The op's best backend that is neither fused nor the reference (what a machine without the
+    kernels runs): one name, or none."""
+    return [b.name for b in backends(op).values() if not b.fused and b.kind != "reference"][:1]
+
+
+def ours_in_torch(op: str) -> list[str]:
+    """Our plain torch backends: the "standard PyTorch" baselines of the claims."""
+    return [b.name for b in backends(op).values() if b.kind == "torch"]
+
+
+def union(*names: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(n for group in names for n in group))
+
+
+def sensible_at(op: str, names: Iterable[str], length: int, max_len: Mapping | None = None) -> list[str]:
+    """The backends of ``names`` worth timing at sequence length ``length``: under a setting's
+    own bounds ``max_len`` ((op, backend) -> longest L) when it has them, else under each
+    backend's max_sensible_len."""
+    known = backends(op)
+    if max_len is not None:
+        return [n for n in names if length <= max_len.get((op, n), length)]
+    return [n for n in names if n in known and length <= (known[n].max_sensible_len or length)]
+
+
 def op_cases(suite: str, op: str, names: Sequence[str], problems: Iterable[dict], *,
              panel: str = "", check_params: dict | None = None, **timing) -> list[Case]:
     """One case per problem and backend, the backends of one problem next to each other (the

@@ -109,6 +109,8 @@ def labelled(rows: pd.DataFrame) -> pd.DataFrame:
 
 MAMBA, TRANSFORMER = Model("Mamba-1.4B"), Model("Transformer-1.3B")
 HF = Model("Transformer-1.3B", "hf")
+SMALL_MAMBA, SMALL_TRANSFORMER = Model("Mamba-130M"), Model("Transformer-125M")
+SMALL_HF = Model("Transformer-125M", "hf")
 
 
 def _main_comparisons(mamba: Model = MAMBA, ours: Model = TRANSFORMER, hf: Model = HF) -> tuple[Comparison, ...]:
@@ -136,6 +138,12 @@ SETTINGS = {
         device="cuda", dtype="float16", prompt=2048, gen=128, batches=(1, 2, 4, 8, 16, 32, 64), repeats=3,
         models=(MAMBA, TRANSFORMER, HF, Model("Mamba-6.9B", batches=(1, 8, 64))),
         comparisons=_main_comparisons() + (BIG,), timeout_s=300),
+    # One short run on a lent GPU (scripts/gpu-lease.sh): the smallest published sizes, the paper's
+    # prompt and generation lengths, a short batch sweep.
+    "gpu-lease": Setting(
+        device="cuda", dtype="float16", prompt=2048, gen=128, batches=(1, 64), repeats=2,
+        models=(SMALL_MAMBA, SMALL_TRANSFORMER, SMALL_HF),
+        comparisons=_main_comparisons(SMALL_MAMBA, SMALL_TRANSFORMER, SMALL_HF), timeout_s=120),
     "paper": Setting(
         device="cuda", dtype="float16", prompt=2048, gen=128, batches=tuple(2**k for k in range(8)), repeats=3,
         models=(MAMBA, TRANSFORMER, HF, Model("Mamba-6.9B"), Model("Transformer-6.7B"),

@@ -79,6 +79,8 @@ def _cases(full_device: str, real: list[tuple[str, int, tuple[int, ...]]]) -> li
 PRESETS = {
     "cpu-small": partial(_cases, "meta", [("cpu", 16, (2**10, 2**11, 2**12, 2**13))]),
     "gpu": partial(_cases, "meta", [("cuda", 1, (2**12, 2**14, 2**16, 2**18))]),
+    # One short run on a lent GPU (scripts/gpu-lease.sh): the gpu preset, seconds in all.
+    "gpu-lease": partial(_cases, "meta", [("cuda", 1, (2**12, 2**14, 2**16, 2**18))]),
     "paper": partial(_cases, "meta", [("cuda", 1, (2**12, 2**14, 2**16, 2**17, 2**18))]),
 }
 

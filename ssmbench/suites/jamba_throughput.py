@@ -57,6 +57,10 @@ SETTINGS = {
     # Widths / 2 (Jamba ~13B, Mixtral ~12B parameters in bf16), published depth.
     "gpu": Setting(device="cuda", dtype="bfloat16", contexts=(1024, 4096, 16384, 32768), batch_context=8192,
                    batches=(1, 4, 16), gen=128, scale=2, repeats=2, timeout_s=400),
+    # One short run on a lent GPU (scripts/gpu-lease.sh): widths / 8 (about 1B parameters each),
+    # published depth and layer pattern, two contexts and a batch of 4 at the longer.
+    "gpu-lease": Setting(device="cuda", dtype="bfloat16", contexts=(2048, 16384), batch_context=16384,
+                         batches=(1, 4), gen=32, scale=8, repeats=1, timeout_s=120),
     # Published shapes in bf16 (no int8 here): ~103 GB of Jamba weights need an H200-class GPU.
     "paper": Setting(device="cuda", dtype="bfloat16", contexts=(1024, 4096, 16384, 65536, 131072),
                      batch_context=8192, batches=(1, 2, 4, 8, 16), gen=512, repeats=3, timeout_s=1800),

@@ -13,16 +13,14 @@ from .base import Case, Suite
 from .common import CPU_THREADS, cases_table, timed
 
 GPU_LENGTHS = [2**12, 2**13, 2**14, 2**15, 2**16]
-# Backends that loop over L in Python (torch_fast too: one fused op per step): beyond this length
-# they take seconds per call and say nothing new.
+# Backends that loop over L in Python (python_loop): beyond this length they take seconds per call
+# and say nothing new.
 LOOP_MAX_LEN = 2**12
-LOOPS = {"selective_scan": ("torch", "torch_fast", "mambapy_seq", "transformers", "mamba_ssm_ref"),
-         "ssd": ("torch",)}
 
-# Longer problems are checked against the float64 reference at this length (the row says so in
-# checked_at): attention's reference holds (L x L) scores per head, and the scans' references are
-# step-by-step loops that take seconds per problem beyond it.
-CHECK_MAX_LEN = {"attention": ("seqlen_q", 4096), "selective_scan": ("seqlen", 2**14), "ssd": ("seqlen", 2**14)}
+
+def _timed_here(backend, length: int) -> bool:
+    return not ((backend.python_loop and length > LOOP_MAX_LEN)
+                or (backend.max_sensible_len is not None and length > backend.max_sensible_len))
 
 
 def _cases(problems: dict[str, list[dict]], budget_s: float, timeout_s: float) -> list[Case]:
@@ -33,15 +31,16 @@ def _cases(problems: dict[str, list[dict]], budget_s: float, timeout_s: float) -
         op = get_op(op_name)
         trains = any(b.has_backward for b in backends(op_name).values())
         modes = ("forward", "backward") if trains else ("forward",)
+        # Longer problems are checked against the float64 reference at the longest length it is
+        # sensible at (the row says so in checked_at).
+        most = backends(op_name)["reference"].max_sensible_len
         for params in variants:
             problem = op.problem_type.from_params({**op.default_problem.params(), **params})
+            length = problem.params().get(op.length_field, 0)
+            check = {op.length_field: most} if most and length > most else {}
             for backend in backends(op_name).values():
-                if backend.kind == "reference":
+                if backend.kind == "reference" or not _timed_here(backend, length):
                     continue
-                if backend.name in LOOPS.get(op_name, ()) and problem.params().get("seqlen", 0) > LOOP_MAX_LEN:
-                    continue
-                length, most = CHECK_MAX_LEN.get(op_name, ("", 0))
-                check = {length: most} if most and params.get(length, 0) > most else {}
                 cases.extend(Case(suite="kernels", op=op_name, backend=backend.name, params=problem.params(),
                                   series=backend.name, budget_s=budget_s, timeout_s=timeout_s,
                                   check_params=check, pass_mode=mode) for mode in modes)

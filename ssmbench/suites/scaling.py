@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from ..impls.checks import element_size
+from ..impls.registry import get_op
 from ..models.cache import build_cache, kv_cache_bytes, mamba_state_bytes
 from ..models.configs import MambaMixer, ModelConfig
 from . import common
@@ -40,8 +41,10 @@ class Setting:
     headdim: int
     chunk_size: int
     lengths: tuple[int, ...]
-    backends: dict  # op -> backend names wanted (those this checkout has become cases)
-    max_len: dict = field(default_factory=dict)  # (op, backend) -> longest L timed
+    # op -> backend names wanted (those this checkout has become cases); None: by trait (by_trait)
+    backends: dict | None
+    # (op, backend) -> longest L timed; None: each backend's max_sensible_len
+    max_len: dict | None = field(default_factory=dict)
     check_len: int = 512  # the correctness check runs at L = min(L, check_len)
     budget_s: float = 0.5
     min_repeats: int = 3
@@ -50,12 +53,14 @@ class Setting:
     d_conv: int = 4
 
 
-# Python loops over L cost seconds per call at long L; torch attention holds the (L, L) scores.
-_LOOPS_GPU = {("selective_scan", "torch"): 2**13, ("ssd", "torch"): 2**12, ("attention", "torch"): 2**14,
-              ("attention", "sdpa_math"): 2**14}
-_GPU_BACKENDS = {"selective_scan": ["cuda", "triton", "mamba_ssm", "torch_fast", "torch"],
-                 "ssd": ["triton", "mamba_ssm", "fla", "torch_chunked", "torch"],
-                 "attention": ["flash_attn", "flash_attn3", "sdpa_flash", "sdpa_cudnn", "sdpa", "torch"]}
+OPS = SSM_OPS + ("attention",)
+
+
+def by_trait(op: str) -> list[str]:
+    """On a GPU: every fused kernel of the op, its best unfused backend and our plain torch
+    backends (the standard PyTorch baseline of the fused-scan claim)."""
+    return common.union(common.fused(op), common.fallback(op), common.ours_in_torch(op))
+
 
 SETTINGS = {
     "cpu-small": Setting(
@@ -70,11 +75,17 @@ SETTINGS = {
         check_len=512, budget_s=0.4, min_repeats=7, max_repeats=15, timeout_s=120),
     "gpu": Setting(
         device="cuda", dtype="bfloat16", batch=1, dim=1024, dstate=16, headdim=64, chunk_size=256,
-        lengths=tuple(2**k for k in range(9, 18)), backends=_GPU_BACKENDS, max_len=_LOOPS_GPU,
+        lengths=tuple(2**k for k in range(9, 18)), backends=None, max_len=None,
         check_len=2048, budget_s=0.3, max_repeats=30),
+    # One short run on a lent GPU (scripts/gpu-lease.sh): the paper's widths at four lengths, the
+    # upper three of which the exponents are fitted over.
+    "gpu-lease": Setting(
+        device="cuda", dtype="bfloat16", batch=1, dim=1024, dstate=16, headdim=64, chunk_size=256,
+        lengths=(2**10, 2**12, 2**14, 2**16), backends=None, max_len=None,
+        check_len=2048, budget_s=0.15, max_repeats=20, timeout_s=120),
     "paper": Setting(
         device="cuda", dtype="bfloat16", batch=1, dim=1024, dstate=16, headdim=64, chunk_size=256,
-        lengths=tuple(2**k for k in range(9, 20)), backends=_GPU_BACKENDS, max_len=_LOOPS_GPU,
+        lengths=tuple(2**k for k in range(9, 20)), backends=None, max_len=None,
         check_len=2048, budget_s=0.5, max_repeats=50, timeout_s=600),
 }
 
@@ -92,12 +103,12 @@ def problem_fields(s: Setting, op: str, L: int) -> dict:
 
 def cases(s: Setting) -> list[Case]:
     out = []
-    for op, names in s.backends.items():
-        length_key = "seqlen_q" if op == "attention" else "seqlen"
+    for op in (s.backends or OPS):
+        names = s.backends[op] if s.backends else by_trait(op)
         for L in common.outside_in(s.lengths):
-            wanted = [n for n in names if L <= s.max_len.get((op, n), L)]
+            wanted = common.sensible_at(op, names, L, s.max_len)
             out += common.op_cases(NAME, op, wanted, [problem_fields(s, op, L)],
-                                   check_params={length_key: s.check_len}, budget_s=s.budget_s,
+                                   check_params={get_op(op).length_field: s.check_len}, budget_s=s.budget_s,
                                    min_repeats=s.min_repeats, max_repeats=s.max_repeats, timeout_s=s.timeout_s)
     for kind in ("mamba", "attention"):
         for L in s.lengths:
@@ -304,14 +315,11 @@ def _ratio_at(a: Analysis, op: str, L: int) -> float | None:
     return float(att[L] / ssm[L])
 
 
-FUSED = {"cuda", "triton", "mamba_ssm"}
-
-
 def fused_speedup(a: Analysis) -> dict | None:
     """The standard PyTorch scan ("torch") against the fastest fused scan kernel at the longest
     length both ran, with its interval; None when no fused kernel was timed."""
     scan = a.times[a.times["op"] == "selective_scan"]
-    fused = scan[scan["backend"].isin(FUSED)]
+    fused = scan[scan["backend"].isin(common.fused("selective_scan"))]
     plain = scan[scan["backend"] == "torch"]
     common_L = sorted(set(fused["L"]) & set(plain["L"]))
     if not common_L:
@@ -332,15 +340,14 @@ def _fused_verdict(a: Analysis, device: str, setting: str, gpu: bool) -> Verdict
         scan = a.times[a.times["op"] == "selective_scan"]
         kinds = sorted(set(scan["backend"]))
         measured = f"scan backends timed: {', '.join(kinds) or 'none'}"
+        fused = ", ".join(common.fused("selective_scan"))
         if not gpu:
             return Verdict(**base, measured=measured, verdict="not applicable",
                            reason="not applicable on this device: the speedup comes from kernel fusion on a GPU, "
                                   "which keeps the (B, D, N) state in on-chip SRAM instead of writing every step's "
-                                  f"state to GPU memory; the fused kernels ({', '.join(sorted(FUSED))}) run on "
-                                  "CUDA GPUs only")
+                                  f"state to GPU memory; the fused kernels ({fused}) run on CUDA GPUs only")
         return Verdict(**base, measured=measured, verdict="not measured",
-                       reason=f"no fused scan kernel ({', '.join(sorted(FUSED))}) was timed next to the "
-                              "torch scan on this device")
+                       reason=f"no fused scan kernel ({fused}) was timed next to the torch scan on this device")
     r = result
     return Verdict(**base, measured=f"torch / {r['fused']} at L={r['L']}: {r['ratio']:.1f}x "
                                     f"[{r['low']:.1f}, {r['high']:.1f}]",

@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..harness.report import timing_table
+from ..impls.registry import get_op
 from . import common
 from .base import Case, Suite, Verdict
 
@@ -38,8 +39,8 @@ class Setting:
     lengths: tuple[int, ...]  # the L sweep, at N=64
     n_length: int  # the N sweep's L
     dstates: tuple[int, ...]
-    backends: dict  # op -> names
-    max_len: dict  # (op, backend) -> longest L
+    backends: dict | None  # op -> names; None: by trait (by_trait)
+    max_len: dict | None  # (op, backend) -> longest L; None: each backend's max_sensible_len
     check_len: int
     budget_s: float
     min_repeats: int = 3
@@ -47,9 +48,14 @@ class Setting:
     timeout_s: float = 300.0
 
 
-_GPU_BACKENDS = {"selective_scan": ["cuda", "triton", "mamba_ssm", "torch_fast"],
-                 "ssd": ["triton", "mamba_ssm", "fla", "torch_chunked"],
-                 "attention": ["flash_attn", "flash_attn3", "sdpa_flash", "sdpa"]}
+OPS = ("selective_scan", "ssd", "attention")
+
+
+def by_trait(op: str) -> list[str]:
+    """On a GPU: every fused kernel of the op and its best unfused backend."""
+    return common.union(common.fused(op), common.fallback(op))
+
+
 SETTINGS = {
     "cpu-small": Setting(
         device="cpu", dtype="float32", batch=1, dim=256, headdim=64, chunk_size=64,
@@ -60,11 +66,17 @@ SETTINGS = {
     "gpu": Setting(
         device="cuda", dtype="bfloat16", batch=1, dim=2048, headdim=64, chunk_size=256,
         lengths=tuple(2**k for k in range(9, 18)), n_length=4096, dstates=(16, 32, 64, 128, 256),
-        backends=_GPU_BACKENDS, max_len={}, check_len=2048, budget_s=0.3, max_repeats=30),
+        backends=None, max_len=None, check_len=2048, budget_s=0.3, max_repeats=30),
+    # One short run on a lent GPU (scripts/gpu-lease.sh): each new state size costs mamba-ssm's and
+    # fla-core's SSD about 30 s of autotuning (kernels/PERF.md), so the N sweep has three.
+    "gpu-lease": Setting(
+        device="cuda", dtype="bfloat16", batch=1, dim=2048, headdim=64, chunk_size=256,
+        lengths=(2**12, 2**14, 2**16), n_length=4096, dstates=(16, 64, 128),
+        backends=None, max_len=None, check_len=2048, budget_s=0.15, max_repeats=20, timeout_s=120),
     "paper": Setting(
         device="cuda", dtype="bfloat16", batch=1, dim=2048, headdim=64, chunk_size=256,
         lengths=tuple(2**k for k in range(9, 20)), n_length=4096, dstates=(16, 32, 64, 128, 256),
-        backends=_GPU_BACKENDS, max_len={}, check_len=2048, budget_s=0.5, max_repeats=50, timeout_s=600),
+        backends=None, max_len=None, check_len=2048, budget_s=0.5, max_repeats=50, timeout_s=600),
 }
 
 
@@ -82,13 +94,12 @@ def problem(s: Setting, op: str, L: int, dstate: int) -> dict:
 def cases(s: Setting) -> list[Case]:
     timing = dict(budget_s=s.budget_s, min_repeats=s.min_repeats, max_repeats=s.max_repeats, timeout_s=s.timeout_s)
     out = []
-    sweeps = [(L_PANEL, op, L, 64) for op in s.backends for L in common.outside_in(s.lengths)]
+    sweeps = [(L_PANEL, op, L, 64) for op in (s.backends or OPS) for L in common.outside_in(s.lengths)]
     sweeps += [(N_PANEL, op, s.n_length, n) for op in ("selective_scan", "ssd") for n in common.outside_in(s.dstates)]
     for panel, op, L, n in sweeps:
-        names = [b for b in s.backends[op] if L <= s.max_len.get((op, b), L)]
-        key = "seqlen_q" if op == "attention" else "seqlen"
+        names = common.sensible_at(op, s.backends[op] if s.backends else by_trait(op), L, s.max_len)
         out += common.op_cases(NAME, op, names, [problem(s, op, L, n)], panel=panel,
-                               check_params={key: s.check_len}, **timing)
+                               check_params={get_op(op).length_field: s.check_len}, **timing)
     return out
 
 

@@ -125,6 +125,7 @@ def test_problems() -> list[AttentionProblem]:
 
 OP = Op(
     name="attention",
+    length_field="seqlen_q",
     problem_type=AttentionProblem,
     make_inputs=make_inputs,
     problem_of=problem_of,

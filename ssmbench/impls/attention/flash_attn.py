@@ -41,10 +41,11 @@ def _fa3_available() -> list[str]:
 
 BACKENDS = [
     Backend(op="attention", name="flash_attn", has_backward=True, impl=f"{__name__}:flash_attn2", kind="third-party",
-            requires=("flash_attn",), devices=("cuda",), dtypes=HALF, limits={"headdim": 256},
+            fused=True, requires=("flash_attn",), devices=("cuda",), dtypes=HALF, limits={"headdim": 256},
             tolerances=TOLERANCES, priority=20, check_available=_fa2_available,
             description="flash-attn 2 flash_attn_func, arguments passed through"),
     Backend(op="attention", name="flash_attn3", has_backward=True, impl=f"{__name__}:flash_attn3", kind="third-party",
+            fused=True,
             requires=("flash_attn_interface",), devices=("cuda",), dtypes=HALF,
             limits={"headdim": 256}, tolerances=TOLERANCES, priority=25,
             check_available=_fa3_available,

@@ -26,5 +26,6 @@ def attention(q, k, v, softmax_scale=None, causal=False):
 
 BACKEND = Backend(
     op="attention", name="reference", has_backward=True, impl=f"{__name__}:attention", kind="reference",
-    priority=-100, description="float64 einsum softmax attention; the ground truth",
+    priority=-100, max_sensible_len=4096,  # holds (L, L) float64 scores per head
+    description="float64 einsum softmax attention; the ground truth",
 )

@@ -29,6 +29,6 @@ def attention(q, k, v, softmax_scale=None, causal=False):
 
 BACKEND = Backend(
     op="attention", name="torch", has_backward=True, impl=f"{__name__}:attention", kind="torch", priority=0,
-    tolerances=TOLERANCES,
+    tolerances=TOLERANCES, max_sensible_len=2**14,  # (L, L) scores per head
     description="torch matmul + masked softmax in float32; GQA by repeat_interleave",
 )

@@ -31,7 +31,7 @@ def width_failure(p) -> list[str]:
 BACKEND = Backend(
     op="causal_conv1d", name="causal_conv1d", has_backward=True, impl=f"{__name__}:causal_conv1d", kind="third-party",
     requires=("causal_conv1d",), devices=("cuda",), dtypes=("float32", "bfloat16", "float16"),
-    tolerances=TOLERANCES, priority=30, check_available=partial(import_failure, "causal_conv1d"),
+    tolerances=TOLERANCES, priority=30, fused=True, check_available=partial(import_failure, "causal_conv1d"),
     check_supported=width_failure,
     description="causal-conv1d causal_conv1d_fn (CUDA), arguments passed through",
 )

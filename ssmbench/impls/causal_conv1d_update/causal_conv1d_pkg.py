@@ -22,7 +22,7 @@ def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None):
 BACKEND = Backend(
     op="causal_conv1d_update", name="causal_conv1d", impl=f"{__name__}:causal_conv1d_update",
     kind="third-party", requires=("causal_conv1d",), devices=("cuda",),
-    dtypes=("float32", "bfloat16", "float16"), tolerances=TOLERANCES, priority=30,
+    dtypes=("float32", "bfloat16", "float16"), tolerances=TOLERANCES, priority=30, fused=True,
     check_available=partial(import_failure, "causal_conv1d"), check_supported=width_failure,
     description="causal-conv1d causal_conv1d_update (CUDA), arguments passed through",
 )

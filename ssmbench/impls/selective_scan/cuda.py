@@ -26,7 +26,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
 BACKEND = Backend(
     op="selective_scan", name="cuda", impl=f"{__name__}:selective_scan", kind="cuda",
     devices=("cuda",), dtypes=("float32", "bfloat16", "float16"),
-    limits={"dstate": build.MAX_DSTATE}, priority=20,
+    limits={"dstate": build.MAX_DSTATE}, priority=20, fused=True, first_call_s=3.7,
     check_available=build.unavailable_reasons,
     description="our CUDA extension: fused scan, fp32 state in registers, L in staged chunks",
 )

@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import torch
 
 from ..base import Backend, Problem, import_failure
-from . import common
+from . import _common as common
 
 MODULE = "mambapy.mamba"
 
@@ -60,13 +60,13 @@ BACKENDS = [
     Backend(
         op="selective_scan", name=name, has_backward=True, impl=f"{__name__}:{impl}", kind="third-party",
         requires=("mambapy",), priority=-20, check_available=partial(import_failure, MODULE),
-        check_supported=_no_last_state, description=description,
+        check_supported=_no_last_state, description=description, python_loop=loop,
     )
-    for name, impl, description in [
-        ("mambapy_pscan", "selective_scan_pscan",
+    for name, impl, loop, description in [
+        ("mambapy_pscan", "selective_scan_pscan", False,
          "mambapy MambaBlock.selective_scan: discretisation over all of L, then its parallel "
          "(Blelloch) pscan; delta_bias, softplus, groups, D and z in the adapter"),
-        ("mambapy_seq", "selective_scan_seq",
+        ("mambapy_seq", "selective_scan_seq", True,
          "mambapy MambaBlock.selective_scan_seq: discretisation over all of L, then a Python loop "
          "over L in the (b, l, d) layout; delta_bias, softplus, groups, D and z in the adapter"),
     ]

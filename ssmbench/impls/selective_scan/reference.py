@@ -42,5 +42,6 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
 
 BACKEND = Backend(
     op="selective_scan", name="reference", has_backward=True, impl=f"{__name__}:selective_scan", kind="reference",
-    priority=-100, description="float64 step-by-step loop; the ground truth",
+    priority=-100, max_sensible_len=2**14,  # a float64 Python loop: seconds per call beyond
+    description="float64 step-by-step loop; the ground truth",
 )

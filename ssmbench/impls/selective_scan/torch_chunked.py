@@ -25,7 +25,7 @@ import math
 import torch
 
 from ..base import Backend
-from . import common
+from . import _common as common
 
 # Bytes of one block's state buffer: large enough that per-block ops amortise their dispatch,
 # small enough that the block's buffers stay in the last-level cache between the passes.
@@ -181,6 +181,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
 
 BACKEND = Backend(
     op="selective_scan", name="torch_fast", has_backward=True, impl=f"{__name__}:selective_scan", kind="torch",
+    python_loop=True,  # one fused in-place op per step
     priority=5,  # above the plain loop; below our compiled kernels where those run
     description="torch, L in cache-sized blocks: discretisation and C contraction vectorised per "
                 "block, one fused in-place op per step; blocked custom backward",

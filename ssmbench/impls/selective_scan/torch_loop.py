@@ -7,7 +7,7 @@ import functools
 import torch
 
 from ..base import Backend
-from . import common
+from . import _common as common
 
 
 def _core(u, delta, A, B, C):
@@ -31,5 +31,6 @@ selective_scan.__doc__ = "Shapes as ``ssmbench.selective_scan``."
 
 BACKEND = Backend(
     op="selective_scan", name="torch", has_backward=True, impl=f"{__name__}:selective_scan", kind="torch",
-    priority=0, description="torch, Python loop over L with precomputed discretisation",
+    priority=0, python_loop=True, max_sensible_len=2**13,
+    description="torch, Python loop over L with precomputed discretisation",
 )

@@ -17,7 +17,7 @@ import torch
 
 from ..base import Backend
 from ..third_party import transformers_missing, transformers_torch_path
-from . import common
+from . import _common as common
 
 MODULE = "transformers.models.mamba.modeling_mamba"
 FUNCTION = "mamba_selective_scan"
@@ -52,7 +52,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
 
 BACKEND = Backend(
     op="selective_scan", name="transformers", has_backward=True, impl=f"{__name__}:selective_scan", kind="third-party",
-    requires=("transformers",), priority=-20, check_available=_available,
+    requires=("transformers",), priority=-20, python_loop=True, check_available=_available,
     description=f"transformers {MODULE}.{FUNCTION} beneath its kernel wrappers (MambaMixer's torch "
                 "path: a Python loop over L); called once per group for grouped B and C",
 )

@@ -26,7 +26,7 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
 BACKEND = Backend(
     op="selective_state_update", name="cuda", impl=f"{__name__}:selective_state_update",
     kind="cuda", devices=("cuda",), dtypes=("float32", "bfloat16", "float16"),
-    limits={"dstate": build.MAX_DSTATE}, priority=20,
+    limits={"dstate": build.MAX_DSTATE}, priority=20, fused=True,
     check_available=build.unavailable_reasons,
     description="our CUDA extension: decode step, state updated in place, both layouts",
 )

@@ -37,7 +37,7 @@ def needs_D_and_dt_bias(p) -> list[str]:
 BACKEND = Backend(
     op="selective_state_update", name="mamba_ssm", impl=f"{__name__}:selective_state_update",
     kind="third-party", requires=("mamba_ssm",), devices=("cuda",),
-    dtypes=("float32", "bfloat16", "float16"), priority=30,
+    dtypes=("float32", "bfloat16", "float16"), priority=30, fused=True,
     check_available=partial(mamba_triton_failure, MODULE), check_supported=needs_D_and_dt_bias,
     description="mamba-ssm selective_state_update (Triton), arguments in Mamba-2's layout",
 )

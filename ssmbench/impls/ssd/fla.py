@@ -39,6 +39,6 @@ def ssd(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=None, initial_st
 BACKEND = Backend(
     op="ssd", name="fla", has_backward=True, impl=f"{__name__}:ssd", kind="third-party",
     requires=("fla",), devices=("cuda",), dtypes=("float32", "bfloat16", "float16"),
-    tolerances=TOLERANCES, priority=5, check_available=partial(import_failure, MODULE),
+    tolerances=TOLERANCES, priority=5, fused=True, first_call_s=32.0, check_available=partial(import_failure, MODULE),
     description="fla-core chunk_simple_gla (Triton) as SSD: q=C, k=B, v=dt x, g=dt A, scale 1",
 )

@@ -28,6 +28,7 @@ def ssd(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=None, initial_st
 BACKEND = Backend(
     op="ssd", name="mamba_ssm", has_backward=True, impl=f"{__name__}:ssd", kind="third-party",
     requires=("mamba_ssm",), devices=("cuda",), dtypes=("float32", "bfloat16", "float16"),
-    tolerances=TOLERANCES, priority=30, check_available=partial(mamba_triton_failure, MODULE),
+    tolerances=TOLERANCES, priority=30, fused=True, first_call_s=31.0,
+    check_available=partial(mamba_triton_failure, MODULE),
     description="mamba-ssm mamba_chunk_scan_combined (fused Triton SSD), arguments passed through",
 )

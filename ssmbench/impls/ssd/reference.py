@@ -35,5 +35,6 @@ def ssd(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=None, initial_st
 
 BACKEND = Backend(
     op="ssd", name="reference", has_backward=True, impl=f"{__name__}:ssd", kind="reference",
-    priority=-100, description="float64 step-by-step loop; the ground truth",
+    priority=-100, max_sensible_len=2**14,  # a float64 Python loop: seconds per call beyond
+    description="float64 step-by-step loop; the ground truth",
 )

@@ -35,5 +35,6 @@ def ssd(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=None, initial_st
 
 BACKEND = Backend(
     op="ssd", name="torch", has_backward=True, impl=f"{__name__}:ssd", kind="torch",
-    priority=0, description="torch, Python loop over L with precomputed decays",
+    priority=0, python_loop=True, max_sensible_len=2**12,
+    description="torch, Python loop over L with precomputed decays",
 )

@@ -30,5 +30,5 @@ def _unsupported(problem: SSDProblem) -> list[str]:
 BACKEND = triton_backend(
     "ssd", f"{__name__}:ssd",
     "Triton, chunked SSD: per-chunk states and outputs as tl.dot products, states passed between chunks",
-    limits={"chunk_size": MAX_CHUNK}, check_supported=_unsupported,
+    limits={"chunk_size": MAX_CHUNK}, check_supported=_unsupported, first_call_s=7.5,
 )

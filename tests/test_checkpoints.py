@@ -14,7 +14,7 @@ safetensors_torch = pytest.importorskip("safetensors.torch", reason="checkpoints
 
 from ssmbench.models import CheckpointError, from_pretrained, load_tokenizer, read_config  # noqa: E402
 from ssmbench.models.generate import Generator, hf_generate  # noqa: E402
-from ssmbench.models.layers import OP_FIELDS  # noqa: E402
+from ssmbench.impls.registry import OP_NAMES  # noqa: E402
 
 VOCAB, PROMPT, GEN = 64, 9, 4
 ATTENTION = dict(num_attention_heads=4, num_key_value_heads=2, intermediate_size=48)
@@ -37,7 +37,7 @@ TINY = {
                                                   intermediate_size=48, use_parallel_residual=False)),
     "gpt2": ("GPT2Config", dict(n_embd=32, n_layer=2, n_head=4, n_positions=32, bos_token_id=0, eos_token_id=0)),
 }
-REFERENCE = ",".join(f"{op}=reference" for op in OP_FIELDS)
+REFERENCE = ",".join(f"{op}=reference" for op in OP_NAMES)
 
 
 def tiny_hf(arch: str, seed: int = 0):

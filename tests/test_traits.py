@@ -47,6 +47,9 @@ def op_folder(tmp_path, monkeypatch):
 
 
 def test_cpu_presets_keep_their_cases():
+    """The CPU presets' case ids, as the stored baselines know them: a change of a preset's cases
+    (a new backend, a new pass) is deliberate, and comes with this file and the baselines
+    regenerated together."""
     before = json.loads((DATA / "cpu_case_ids.json").read_text())
     for key, ids in before.items():
         suite, preset = key.split(":")

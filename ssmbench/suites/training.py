@@ -232,10 +232,12 @@ def judge(rows: pd.DataFrame, manifest: dict) -> list[Verdict]:
                       "(125M, L=2048, batch 1..32)",
                 paper_setting=PAPER_SETTING, paper_value="Mamba / Transformer 1.04..1.12 (Table 15)")
     verdicts = []
-    for column, what in (("counted ratio", "exact count (params + grads + AdamW + saved activations)"),
-                         ("GPU peak ratio", "torch.cuda.max_memory_allocated")):
+    for column, what, claim_id in (
+            ("counted ratio", "exact count (params + grads + AdamW + saved activations)", "C5.memory-counted"),
+            ("GPU peak ratio", "torch.cuda.max_memory_allocated", "C5.memory-gpu-peak")):
         if column not in t15:
             continue
+        base["claim_id"] = claim_id
         ratios = t15.dropna(subset=[column])
         setting = f"{what}; {_memory_setting(rows)}"
         if ratios.empty:

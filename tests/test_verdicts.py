@@ -62,6 +62,7 @@ def test_case_version_changes_the_id_and_version_one_keeps_the_old_ids():
     case = Case(**fields)
     assert Case(**fields, version=1).case_id == case.case_id
     assert Case(**fields, version=2).case_id != case.case_id
+    assert Case(**fields, version=2).label() == case.label() + " (version 2)"
     with pytest.raises(ValueError, match="version"):
         Case(suite="s", params={}, version=0)
 

@@ -62,6 +62,7 @@ def test_case_version_changes_the_id_and_version_one_keeps_the_old_ids():
     case = Case(**fields)
     assert Case(**fields, version=1).case_id == case.case_id
     assert Case(**fields, version=2).case_id != case.case_id
+    assert Case(**fields, version=2).label() == case.label() + " (version 2)"
     with pytest.raises(ValueError, match="version"):
         Case(suite="s", params={}, version=0)
 
@@ -211,3 +212,21 @@ def test_figure_of_names_claims_the_judge_gives_and_figures_the_suite_writes(nam
     assert set(suite.figure_of) <= ids
     written = {p.name for p in suite.figures(rows, tmp_path)}
     assert {f for names in suite.figure_of.values() for f in names} <= written
+
+
+@pytest.mark.parametrize("name", [n for n in available_suites() if get_suite(n).judge is not None])
+def test_a_run_whose_cases_all_failed_gives_every_claim_and_no_verdict_from_nothing(name):
+    """The baseline's cases as rows that failed (parameters kept, nothing measured): the judge
+    gives the same claim ids as for the measured run, none holding or failing from data it has not."""
+    from ssmbench.harness.schema import CaseColumns, columns
+
+    path = baseline_runs()[name]
+    rows, manifest = load_runs(path), read_manifest(path)
+    params = {c for case in get_suite(name).cases(manifest["preset"]) for c in case.params}
+    kept = [c for c in rows.columns if c in params or c in columns(CaseColumns) + ("cpu_model", "gpu_name")]
+    failed = rows[kept].assign(status="failed", reason="worker died")
+    given = judged(name, failed, manifest)
+    assert [v.claim_id for v in given] == [v.claim_id for v in judged(name, rows, manifest)]
+    from_data = {v.claim_id: v.verdict for v in given if v.verdict in ("holds", "does not hold")}
+    # Only claims decided by the configs alone (exact byte accounting of published shapes).
+    assert set(from_data) <= {"C4.table1", "C4.context-fits-80gb"}, from_data

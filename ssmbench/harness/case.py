@@ -72,4 +72,4 @@ class Case:
                 f"{'' if self.pass_mode == 'forward' else ' ' + self.pass_mode}" if self.op
                 else self.fn.rsplit(":", 1)[-1])
         shown = ",".join(f"{k}={v}" for k, v in self.params.items() if k not in ("device",))
-        return f"{self.suite}:{what} {shown}"
+        return f"{self.suite}:{what} {shown}" + (f" (version {self.version})" if self.version != 1 else "")

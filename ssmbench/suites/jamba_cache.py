@@ -90,8 +90,8 @@ def table1(rows: pd.DataFrame | None = None) -> pd.DataFrame:
     """Table 1 from the configs (the formula), the paper's value beside it, and, where ``rows``
     hold a full-width measurement at 2^18 tokens, the bytes the built cache allocated."""
     measured = {}
-    if rows is not None and len(rows):
-        full = _measured(rows)
+    full = _measured(rows) if rows is not None else pd.DataFrame()
+    if len(full):
         full = full[(full["divisor"] == 1) & (full["context"] == TABLE_TOKENS)]
         measured = full.groupby("model")["measured_bytes"].first().to_dict()
     records = []
@@ -149,25 +149,23 @@ def judge(rows: pd.DataFrame, manifest: dict) -> list[Verdict]:
         reason="holds when the formula gives the paper's value for every model, exactly, and every cache "
                "built at 2^18 tokens allocates the formula's bytes" + ("" if len(at_table) else
                                                                         " (no built cache at 2^18 in this run)"))]
+    exact = dict(claim_id="C4.cache-bytes-exact", claim="C4: allocated cache bytes equal the formula to the byte",
+                 paper_setting=PAPER_SETTING, paper_value="(formula)", device=device)
     if m.empty:
-        verdicts.append(Verdict(claim_id="C4.cache-bytes-exact",
-                                claim="C4: allocated cache bytes equal the formula to the byte",
-                                paper_setting=PAPER_SETTING, paper_value="(formula)", device=device, setting="",
-                                measured="no cache was built", verdict="not measured",
+        verdicts.append(Verdict(**exact, setting="", measured="no cache was built", verdict="not measured",
                                 reason="the measure_cache cases did not run or failed"))
-        return verdicts
-    failed = rows[rows["status"] != "ok"]
-    settings = ", ".join(f"{d} at width/{int(k)}" for d, k in m.groupby(["device", "divisor"]).groups)
-    verdicts.append(Verdict(
-        claim_id="C4.cache-bytes-exact", claim="C4: allocated cache bytes equal the formula to the byte",
-        paper_setting=PAPER_SETTING, paper_value="(formula)", device=device,
-        setting=f"{settings}; contexts {int(m['context'].min())}..{int(m['context'].max())}",
-        measured=f"{int(m['equal'].sum())} of {len(m)} caches equal (KV as Table 1 counts it, KV with the "
-                 f"window, Mamba state)"
-                 + (f"; not built: {len(failed)} ({', '.join(sorted(set(failed['status'])))})" if len(failed) else ""),
-        verdict="holds" if m["equal"].all() else "does not hold",
-        reason="holds when every built cache's KV bytes (with and without the sliding window) and Mamba-state "
-               "bytes equal their closed forms"))
+    else:
+        failed = rows[rows["status"] != "ok"]
+        settings = ", ".join(f"{d} at width/{int(k)}" for d, k in m.groupby(["device", "divisor"]).groups)
+        verdicts.append(Verdict(
+            **exact, setting=f"{settings}; contexts {int(m['context'].min())}..{int(m['context'].max())}",
+            measured=f"{int(m['equal'].sum())} of {len(m)} caches equal (KV as Table 1 counts it, KV with the "
+                     f"window, Mamba state)"
+                     + (f"; not built: {len(failed)} ({', '.join(sorted(set(failed['status'])))})" if len(failed)
+                        else ""),
+            verdict="holds" if m["equal"].all() else "does not hold",
+            reason="holds when every built cache's KV bytes (with and without the sliding window) and Mamba-state "
+                   "bytes equal their closed forms"))
     ratios = _ratios(m)
     verdicts.append(Verdict(
         claim_id="C4.kv-cache-8x",

@@ -155,7 +155,7 @@ class Analysis:
 def analyse(rows: pd.DataFrame) -> Analysis:
     times = common.with_length(common.timed(rows))
     exponents = common.fit_exponents(times, "L") if len(times) else pd.DataFrame()
-    envelopes = {op: g.groupby("L")["median_ms"].min() for op, g in times.groupby("op")}
+    envelopes = {op: g.groupby("L")["median_ms"].min() for op, g in times.groupby("op")} if len(times) else {}
     records = []
     attention = envelopes.get("attention")
     if attention is not None:
@@ -226,6 +226,8 @@ def _decide(table: pd.DataFrame, below: pd.Series, above: pd.Series) -> tuple[st
 def _fastest_at_longest(times: pd.DataFrame) -> set[tuple[str, str]]:
     """(op, backend) of each SSM op's fastest backend at its longest timed L: the implementation
     that matters where the curves part."""
+    if times.empty:
+        return set()
     ssm = times[times["op"].isin(SSM_OPS)]
     longest = ssm[ssm["L"] == ssm.groupby("op")["L"].transform("max")]
     return {(r.op, r.backend) for r in longest.loc[longest.groupby("op")["median_ms"].idxmin()].itertuples()}

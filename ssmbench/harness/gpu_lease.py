@@ -179,6 +179,9 @@ def main(argv: list[str] | None = None) -> int:
     plans = plan(args.budget, wanted)
     build_s = 0.0 if args.no_build else args.build_timeout
     print(f"gpu-lease preset of {len(plans)} suites")
+    without = [s for s in CLAIM_SUITES if s in available_suites() and s not in lease_suites()]
+    if without:
+        print(f"claim suites without a gpu-lease preset, not run: {', '.join(without)}")
     print(describe(plans, build_s, args.budget))
     if args.dry_run:
         if not args.no_build:

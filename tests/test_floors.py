@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from ssmbench.harness.report import TIMING_COLUMNS
-from ssmbench.harness.store import _add_ceiling_fractions
+from ssmbench.harness.derived import add_ceiling_fractions
 from ssmbench.impls import get_op
 from ssmbench.impls.selective_scan import SelectiveScanProblem
 from ssmbench.impls.ssd import SSDProblem
@@ -25,7 +25,7 @@ def test_floor_is_the_slowest_of_bytes_flops_and_exps():
     ])
     frame["gbps"] = frame["bytes"] / (frame["median_ms"] * 1e-3) / 1e9
     frame["tflops"] = frame["flops"] / (frame["median_ms"] * 1e-3) / 1e12
-    _add_ceiling_fractions(frame, CEILINGS)
+    add_ceiling_fractions(frame, CEILINGS)
     assert frame["floor_ms"].tolist() == pytest.approx([200.0, 300.0, 200.0])
     assert frame["x_floor"].tolist() == pytest.approx([4.0, 2.0, 1.0])
     assert frame["pct_flops"][1] == pytest.approx(100 * 4e11 / 0.6 / 2e12)
@@ -34,9 +34,9 @@ def test_floor_is_the_slowest_of_bytes_flops_and_exps():
 def test_no_ceilings_no_floor_and_columns_in_the_report():
     frame = pd.DataFrame([{"dtype": "float32", "median_ms": 1.0, "bytes": 1, "flops": 1, "exps": 1,
                            "gbps": 1.0, "tflops": 1.0}])
-    _add_ceiling_fractions(frame, {})
+    add_ceiling_fractions(frame, {})
     assert "floor_ms" not in frame
-    _add_ceiling_fractions(frame, {"exp_gexps": 1.0})  # a manifest with the exp rate only
+    add_ceiling_fractions(frame, {"exp_gexps": 1.0})  # a manifest with the exp rate only
     assert math.isclose(frame["floor_ms"][0], 1e-6)
     i = TIMING_COLUMNS.index("pct_flops")
     assert TIMING_COLUMNS[i + 1:i + 3] == ["floor_ms", "x_floor"]

@@ -11,7 +11,9 @@ import pytest
 import torch
 
 from ssmbench.harness import cli
-from ssmbench.harness.gate import GateInput, GateRefused, gate, load_input, portable_figures, save_baseline
+from ssmbench.harness.baselines import save_baseline
+from ssmbench.harness.gate import GateRefused, gate, portable_figures
+from ssmbench.harness.gate_input import GateInput, load_input
 from ssmbench.harness import inject
 from ssmbench.harness.execute import base_row, prepare, timing_fields
 from ssmbench.harness.inject import ENV, slowed
@@ -139,7 +141,7 @@ def test_portable_figures_and_their_regressions():
     lengths = (512, 1024, 2048, 4096)
     base = synthetic_rows({**{("torch", L): L / 100 for L in lengths}, **{("fast", L): L / 1000 for L in lengths}})
     figures = portable_figures(base)
-    ratio = figures[("ratio", "selective_scan fast/torch over 4 problem(s)")]
+    ratio = figures[("ratio", "selective_scan fast/torch")]
     assert ratio.lo < 0.1 < ratio.hi and ratio.hi - ratio.lo < 0.03
     slope = figures[("exponent", "selective_scan dim=64,backend=fast")]
     assert abs(slope.value - 1) < 0.03 and slope.lo <= slope.value <= slope.hi
@@ -156,7 +158,7 @@ def test_portable_figures_and_their_regressions():
     worse = synthetic_rows({**{("torch", L): L / 100 for L in lengths},
                             **{("fast", L): L / 500 for L in lengths}}, seed=2)
     result = gate(GateInput("b", "x", {}, base, None), GateInput("c", "y", {}, worse, None), portable=True)
-    assert {(f.kind, f.key) for f in result.regressions} == {("ratio", "selective_scan fast/torch over 4 problem(s)")}
+    assert {(f.kind, f.key) for f in result.regressions} == {("ratio", "selective_scan fast/torch")}
     steeper = synthetic_rows({**{("torch", L): L / 100 for L in lengths},
                               **{("fast", L): (L / 1000) ** 1.5 for L in lengths}}, seed=3)
     result = gate(GateInput("b", "x", {}, base, None), GateInput("c", "y", {}, steeper, None), portable=True)
@@ -201,7 +203,136 @@ def test_cli_gate_with_saved_baseline(tmp_path, runs, capsys):
     store = tmp_path / "baselines"
     saved = save_baseline(baseline.name, baselines=store)
     assert saved.parent.name == "gate-test" and saved.name == "same"
-    assert cli.main(["gate", "--baselines", str(store), "--run", plain.name]) == 0
-    assert cli.main(["gate", "--baselines", str(store), "--run", slow30.name]) == 1
+    # The regression logic on its own; the noise check has its tests (test_gate_integrity.py).
+    assert cli.main(["gate", "--no-noise", "--baselines", str(store), "--run", plain.name]) == 0
+    assert cli.main(["gate", "--no-noise", "--baselines", str(store), "--run", slow30.name]) == 1
     out = capsys.readouterr().out
     assert "regression" in out and TARGET in out and "gate FAIL" in out
+
+
+def _input(rows, name="r", suite="s", fingerprint="x") -> GateInput:
+    return GateInput(name, fingerprint, {}, rows, suite)
+
+
+LENGTHS = (512, 1024, 2048, 4096)
+BASE = {**{("torch", L): L / 100 for L in LENGTHS}, **{("fast", L): L / 1000 for L in LENGTHS}}
+
+
+def test_a_run_missing_cases_fails_unless_missing_is_allowed():
+    base = synthetic_rows(BASE)
+    partial = base[base["seqlen"] != 4096]
+    result = gate(_input(base), _input(partial), portable=True)
+    missing = result.outcomes("missing")
+    assert result.exit_code == 1 and not result.regressions
+    assert {f.key for f in missing if f.kind == "status"} == {"torch-4096", "fast-4096"}
+    (ratio,) = [f for f in result.findings if f.kind == "ratio"]
+    assert "over 4 problem(s)" in ratio.baseline and "over 3 problem(s)" in ratio.current
+    allowed = gate(_input(base), _input(partial), portable=True, allow_missing=True)
+    assert allowed.exit_code == 0 and "missing allowed" in allowed.summary()
+    # Cases the baseline lacks are listed as new and fail nothing.
+    grown = gate(_input(partial), _input(base), portable=True)
+    assert grown.exit_code == 0 and {f.key for f in grown.outcomes("new") if f.kind == "status"} == {"torch-4096", "fast-4096"}
+
+
+def test_claims_are_matched_by_id_and_a_dropped_one_is_missing(monkeypatch):
+    import ssmbench.harness.gate as gate_module
+    from ssmbench.suites.base import Verdict
+
+    def verdicts(*claims):
+        return {i: Verdict(claim_id=i, claim=text, paper_setting="", paper_value="", device="cpu", setting="",
+                           measured=f"figure of {i}", verdict="holds") for i, text in claims}
+
+    rows = synthetic_rows(BASE)
+    base, run = _input(rows, name="base"), _input(rows, name="run")
+    judged = {"base": verdicts(("C1.a", "C1: a"), ("C1.b", "C1: b"), ("C1.c", "C1: c")),
+              "run": verdicts(("C1.a", "C1: a"), ("C1.b", "C1: b, reworded"), ("C1.d", "C1: d"))}
+    monkeypatch.setattr(gate_module, "_verdicts", lambda entry: judged[entry.name])
+    result = gate(base, run, portable=True)
+    by_claim = {f.key: f for f in result.findings if f.kind == "verdict"}
+    assert by_claim["C1.b"].outcome == "unchanged" and "C1: b, reworded" in by_claim["C1.b"].detail
+    assert by_claim["C1.c"].outcome == "missing" and by_claim["C1.d"].outcome == "new"
+    assert "run: figure of C1.a" in by_claim["C1.a"].detail
+    assert result.exit_code == 1
+
+
+def test_a_compare_run_or_another_suite_is_refused_as_baseline():
+    rows = synthetic_rows(BASE)
+    with pytest.raises(GateRefused, match="compare run"):
+        gate(_input(rows, suite="compare"), _input(rows), portable=True)
+    with pytest.raises(GateRefused, match="suite 'scaling'.*suite 'ssd_speedup'"):
+        gate(_input(rows, suite="scaling"), _input(rows, suite="ssd_speedup"), portable=True)
+
+
+def test_the_timing_gate_refuses_a_run_measured_on_two_machines():
+    rows = synthetic_rows(BASE)
+    mixed = rows.assign(fingerprint=["aaa"] * 5 + ["bbb"] * 3)
+    with pytest.raises(GateRefused, match=r"2 machines \(aaa \(5 rows\), bbb \(3 rows\)\)"):
+        gate(_input(rows), _input(mixed))
+    # Machine-independent figures do not depend on which machine measured a row.
+    assert gate(_input(rows), _input(mixed), portable=True).exit_code == 0
+
+
+def _slower_fast():
+    return synthetic_rows({**{("torch", L): L / 100 for L in LENGTHS}, **{("fast", L): L / 500 for L in LENGTHS}}, seed=2)
+
+
+def test_noise_above_the_threshold_makes_timed_regressions_too_noisy():
+    from ssmbench.harness.noise import Noise
+
+    base, worse = synthetic_rows(BASE), _slower_fast()
+    quiet = gate(_input(base), _input(worse), portable=True, noise=Noise(0.2, 150))
+    assert quiet.exit_code == 1 and quiet.regressions
+    noisy = gate(_input(base), _input(worse), portable=True, noise=Noise(0.8, 150))
+    (finding,) = noisy.outcomes("too noisy")
+    assert noisy.exit_code == 3 and not noisy.regressions
+    assert finding.kind == "ratio" and "machine noise 80%" in finding.detail and finding.current
+    assert "TOO NOISY TO JUDGE" in noisy.summary()
+    # A broken case is broken however noisy the machine: it still fails.
+    broken = worse.copy()
+    broken.loc[0, ["status", "reason"]] = ["incorrect", "relative error 1 exceeds tolerance 1e-4"]
+    assert gate(_input(base), _input(broken), portable=True, noise=Noise(0.8, 150)).exit_code == 1
+    # The timing gate is judged against its own (tighter) threshold.
+    assert gate(_input(base), _input(base), noise=Noise(0.2, 150)).exit_code == 0
+
+
+def test_a_retry_confirms_only_regressions_of_both_attempts():
+    from ssmbench.harness.gate import confirm
+
+    base, worse = synthetic_rows(BASE), _slower_fast()
+    first = gate(_input(base), _input(worse), portable=True)
+    assert first.exit_code == 1
+    again = confirm(gate(_input(base), _input(worse), portable=True), first.to_json())
+    assert again.exit_code == 1 and again.regressions
+    passed_first = gate(_input(base), _input(base), portable=True).to_json()
+    unconfirmed = confirm(gate(_input(base), _input(worse), portable=True), passed_first)
+    assert unconfirmed.exit_code == 0 and unconfirmed.outcomes("unconfirmed")
+    assert "not so in the first attempt" in unconfirmed.outcomes("unconfirmed")[0].detail
+
+
+def test_cli_findings_then_confirm(tmp_path, runs, capsys):
+    baseline, plain, slow30, _ = runs
+    first, second = tmp_path / "first.json", tmp_path / "second.json"
+    common = ["gate", "--no-noise", "--baseline", baseline.name]
+    assert cli.main([*common, "--run", slow30.name, "--findings", str(first)]) == 1
+    written = json.loads(first.read_text())
+    assert written["exit_code"] == 1
+    (result,) = written["results"].values()
+    assert any(f["outcome"] == "regression" for f in result["findings"])
+    assert cli.main([*common, "--run", slow30.name, "--confirm", str(first), "--findings", str(second)]) == 1
+    assert cli.main([*common, "--run", plain.name, "--confirm", str(first)]) == 0
+    (tmp_path / "torn.json").write_text('{"exit_code": 1, "res')
+    capsys.readouterr()
+    assert cli.main([*common, "--run", plain.name, "--confirm", str(tmp_path / "torn.json")]) == 2
+    assert "--confirm" in capsys.readouterr().err
+
+
+def test_a_saved_baseline_leaves_the_lock_and_job_logs_behind(tmp_path, runs):
+    baseline, _, _, _ = runs
+    from pathlib import Path
+
+    source = Path(baseline.name)
+    (source / "submitit").mkdir(exist_ok=True)
+    (source / "submitit" / "log.out").write_text("job log")
+    (source / "writer.lock").write_text("123")
+    saved = save_baseline(baseline.name, baselines=tmp_path / "b")
+    assert sorted(p.name for p in saved.iterdir()) == ["cases.jsonl", "manifest.json", "rows.jsonl"]

@@ -10,19 +10,19 @@ from pathlib import Path
 
 import pytest
 import torch
+from harness_fixtures import custom, new_run, run_in_background
 
 import ssmbench
 from ssmbench.harness import cli
-from ssmbench.harness.check import check
 from ssmbench.harness import execute as execute_module
+from ssmbench.harness.check import check
 from ssmbench.harness.execute import execute
 from ssmbench.harness.runner import run_cases
+from ssmbench.harness.stats import median_ci
 from ssmbench.harness.store import ResultsError, Run, load_runs
-from ssmbench.harness.timing import measure, median_ci
-from ssmbench.impls import BackendError, OP_NAMES, backends, get_backend, get_op
+from ssmbench.harness.timing import measure
+from ssmbench.impls import OP_NAMES, BackendError, backends, get_backend, get_op
 from ssmbench.suites.base import Case
-
-from harness_fixtures import custom, new_run, run_in_background
 
 
 def test_statuses_are_recorded_and_the_sweep_goes_on(tmp_path):

@@ -226,7 +226,7 @@ def test_generation_suite_cases_and_verdicts():
     rows = pd.DataFrame([
         {"series": s, "batch": b, "status": "ok", "tokens_per_s": t, "model_name": s, "n_params": 1,
          "prefill_ms": 1.0, "decode_ms_per_token": 1.0, "prompt": 128, "gen": 32, "dtype": "float32",
-         "repeats": 2, "device": "cpu", "reason": ""}
+         "repeats": 2, "device": "cpu", "reason": "", "samples_ms": _repeats(b, 32, t)}
         for s, b, t in [("Mamba-1.4B (ours)", 1, 10.0), ("Mamba-1.4B (ours)", 8, 50.0),
                         ("Transformer-1.3B (ours)", 1, 8.0), ("Transformer-1.3B (ours)", 8, 20.0),
                         ("Transformer-1.3B (HF generate())", 1, 2.0), ("Transformer-1.3B (HF generate())", 8, 10.0)]])
@@ -240,10 +240,16 @@ def test_generation_suite_cases_and_verdicts():
     assert "CPU" in hf.device
 
 
+def _repeats(batch: int, gen: int, tokens_per_s: float) -> list[float]:
+    """Three timed calls (ms) that give ``tokens_per_s``, 1% apart."""
+    return [batch * gen / tokens_per_s * 1e3 * f for f in (0.99, 1.0, 1.01)]
+
+
 def _rows(records, **fixed):
     return pd.DataFrame([{"status": "ok", "n_params": 1, "prefill_ms": 1.0, "decode_ms_per_token": 1.0, "gen": 16,
                           "dtype": "float32", "repeats": 2, "device": "cpu", "reason": "", "scale": 32, "layers": 8,
-                          "budget_gib": 1.0, "equal": True, **fixed, **r} for r in records])
+                          "budget_gib": 1.0, "equal": True, **fixed, **r,
+                          "samples_ms": _repeats(r["batch"], 16, r["tokens_per_s"])} for r in records])
 
 
 def test_jamba_throughput_suite_cases_and_verdicts(tmp_path):
@@ -283,8 +289,10 @@ def test_generation_suite_tables_and_figure(tmp_path):
     tables = suite.tables(rows)
     memory = tables["Memory: weights + cache, exact bytes"].set_index("series")
     mamba = case_config("Mamba-1.4B", 8, max_len=144)
-    assert memory.loc["Mamba-1.4B (ours)", "max batch in budget"] == max_batch(mamba, 2**30, 144, "float32")
-    assert memory.loc["Mamba-1.4B (ours)", "allocated cache = formula"] == "2/2 equal"
+    # A scaled model is named with its scale wherever it is shown.
+    assert memory.loc["Mamba-1.4B /8 width (ours)", "max batch in budget"] == max_batch(mamba, 2**30, 144, "float32")
+    assert memory.loc["Mamba-1.4B /8 width (ours)", "allocated cache = formula"] == "2/2 equal"
+    assert "Mamba-1.4B /8 width (ours)" in tables["Generation throughput (tokens/s) by batch"].columns
     assert tables["Generation throughput (tokens/s) by batch"].shape == (2, 3)
     assert all(p.exists() for p in suite.figures(rows, tmp_path))
 

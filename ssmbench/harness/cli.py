@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import sys
@@ -13,7 +14,7 @@ def _shape(text: str) -> dict[str, str]:
     for item in filter(None, text.split(",")):
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise argparse.ArgumentTypeError(f"--shape expects key=value[,key=value...], got {item!r}")
+            raise argparse.ArgumentTypeError(f"expected key=value[,key=value...], got {item!r}")
         params[key.strip()] = value.strip()
     return params
 
@@ -51,11 +52,13 @@ def cmd_list(args) -> int:
 
 def cmd_compare(args) -> int:
     from ..impls import backends, get_op
-    from ..suites.base import Case
+    from .case import Case
     from .session import start_run
 
     op = get_op(args.op)
-    params = {**op.default_problem.params(), **_shape(args.shape), "device": args.device, "dtype": args.dtype}
+    if args.device == "cuda":
+        _require_cuda("--device cuda")
+    params = {**op.default_problem.params(), **args.shape, "device": args.device, "dtype": args.dtype}
     problem = op.problem_type.from_params(params)  # names a bad key or value before anything runs
     # The float64 reference is the ground truth, and slow: timed only when named.
     names = (args.backends.split(",") if args.backends
@@ -81,6 +84,15 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def _require_cuda(what: str) -> None:
+    """Refused in one line before a run folder exists, not as a traceback from inside torch."""
+    import torch
+
+    if not torch.cuda.is_available():
+        build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
+        raise ValueError(f"{what} runs on a CUDA GPU, and torch {torch.__version__} ({build}) sees none here")
+
+
 def _names(text: str, option: str, known) -> set[str]:
     """The comma-separated names of ``option``, each checked against ``known``."""
     names = {n.strip() for n in text.split(",") if n.strip()}
@@ -103,6 +115,7 @@ def cmd_run(args) -> int:
                                 progress=not args.quiet, executor=executor)]
     else:
         from ..suites import get_suite
+        from .store import new_job_id
 
         if not args.suite:
             raise ValueError("--suite is required unless --resume names a run")
@@ -111,24 +124,29 @@ def cmd_run(args) -> int:
         keep = (_names(args.backends, "--backends", {name for op in OP_NAMES for name in backends(op)})
                 if args.backends else None)
         summaries = []
+        job_id = new_job_id()  # `report latest` reports every run of this command
         for suite in suites:
             preset = args.preset or suite.default_preset
             cases = suite.cases(preset)
+            for model in args.model or ():
+                if suite.checkpoint_cases is None:
+                    from ..suites import available_suites
+
+                    takes = [n for n in available_suites() if get_suite(n).checkpoint_cases is not None]
+                    raise ValueError(f"--model: suite {suite.name} builds no models; the suites that do: "
+                                     f"{', '.join(takes)}")
+                cases += suite.checkpoint_cases(preset, model)
             if ops:
                 cases = [c for c in cases if c.op in ops]
             if keep:
                 cases = [c for c in cases if not c.backend or c.backend in keep]
             device = "cuda" if any(c.params.get("device") == "cuda" for c in cases) else "cpu"
             if device == "cuda":
-                import torch
-
-                if not torch.cuda.is_available():
-                    raise ValueError(f"--preset {preset} of suite {suite.name} runs on a CUDA GPU, and torch "
-                                     f"{torch.__version__} sees none here")
+                _require_cuda(f"--preset {preset} of suite {suite.name}")
             summaries.append(start_run(f"{suite.name}-{preset}", cases, suite=suite.name, preset=preset,
                                        device=device, results_dir=args.results_dir,
                                        threads=args.threads or suite.threads.get(preset), progress=not args.quiet,
-                                       executor=executor))
+                                       executor=executor, job_id=job_id))
             print(summaries[-1].line(), flush=True)
     if args.resume:
         print(summaries[0].line())
@@ -147,26 +165,51 @@ def cmd_report(args) -> int:
 
 
 def cmd_gate(args) -> int:
-    from .gate import find_baseline, gate, load_input
+    from .baselines import find_baseline
+    from .gate import EXIT_FAIL, confirm, gate
+    from .gate_input import load_input
+    from .noise import measure_noise
 
-    worst = 0
+    first = _read_findings(args.confirm) if args.confirm else {}
+    # Measured once, before any comparison: the runs were measured on this machine's recent past.
+    noise = None if args.no_noise else measure_noise()
+    results = []
     for spec in args.run:
         run = load_input(spec, args.results_dir)
         base_spec = args.baseline if args.baseline != "auto" else find_baseline(run, args.portable, args.baselines)
         baseline = load_input(base_spec, args.results_dir)
         result = gate(baseline, run, portable=args.portable, threshold=args.threshold, alpha=args.alpha,
+                      allow_missing=args.allow_missing, noise=noise,
                       **({"ratio_threshold": args.ratio_threshold} if args.ratio_threshold is not None else {}))
+        if args.confirm:
+            # A suite the first attempt passed was not retried; one it judged is confirmed against it.
+            result = confirm(result, first.get(result.baseline, {"findings": []}))
         table = result.table()
         shown = table if args.all else table[table["outcome"] != "unchanged"]
         if len(shown):
             print(shown.to_markdown(index=False, floatfmt=".4g"))
         print(result.summary(), flush=True)
-        worst = max(worst, result.exit_code)
+        results.append(result)
+    # Any failure outranks too-noisy, which outranks a pass.
+    worst = max((r.exit_code for r in results), key=lambda code: (code == EXIT_FAIL, code))
+    if args.findings:
+        from .store import write_whole
+
+        findings = {"exit_code": worst, "results": {r.baseline: r.to_json() for r in results}}
+        write_whole(args.findings, json.dumps(findings, indent=1, default=str))
     return worst
 
 
+def _read_findings(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+        return data["results"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"--confirm {path}: not a findings file written by ssmbench gate --findings ({exc})") from None
+
+
 def cmd_baseline(args) -> int:
-    from .gate import save_baseline
+    from .baselines import save_baseline
 
     for spec in args.runs:
         print(f"baseline saved: {save_baseline(spec, args.results_dir, args.baselines)}")
@@ -209,7 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backends", help="comma-separated names (default: all)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--dtype", default="float32")
-    p.add_argument("--shape", default="", help="problem fields, e.g. batch=1,dim=1536,dstate=16,seqlen=4096")
+    p.add_argument("--shape", type=_shape, default={},
+                   help="problem fields, e.g. batch=1,dim=1536,dstate=16,seqlen=4096")
     p.add_argument("--threads", type=_positive(int), help="torch threads (recorded)")
     p.add_argument("--budget", type=_positive(float), default=2.0, help="seconds of timing per backend")
     p.add_argument("--timeout", type=_positive(float), default=600.0, help="seconds before a backend's case is killed")
@@ -225,6 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset")
     p.add_argument("--backends", help="only these backends (comma-separated)")
     p.add_argument("--ops", help="only the cases of these ops (comma-separated)")
+    p.add_argument("--model", action="append", metavar="PATH_OR_ID",
+                   help="also run this checkpoint (a folder or Hugging Face hub id) beside the preset's "
+                        "random-weight models, in the suites that build models; repeatable")
     p.add_argument("--resume", metavar="RUN", help="run folder, run id or 'latest' to finish")
     p.add_argument("--threads", type=_positive(int))
     p.add_argument("--report", action="store_true", help="write the report when done")
@@ -247,10 +294,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_tables)
 
     p = sub.add_parser("report", help="write the report of one or more runs")
-    p.add_argument("runs", nargs="*", help="run folders or ids (default: latest)")
+    p.add_argument("runs", nargs="*", help="run folders or ids; 'latest' (the default): every run of the latest "
+                                           "`ssmbench run` command (one per suite)")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("gate", help="fail (exit 1) when a run regresses against a baseline")
+    p = sub.add_parser("gate", help="fail (exit 1) when a run regresses against a baseline or lacks its cases; "
+                                    "exit 3: too noisy to judge")
     p.add_argument("--run", nargs="+", default=["latest"],
                    help="runs to judge: folders, ids, 'latest', 'latest:SUITE', or pytest-benchmark JSON")
     p.add_argument("--baseline", default="auto",
@@ -258,11 +307,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baselines", type=Path, default=None, help="baseline store (default results/baselines)")
     p.add_argument("--portable", action="store_true",
                    help="machine-independent figures (ratios, exponents, tables, correctness) for CI")
-    p.add_argument("--threshold", type=float, default=0.10, help="slowdown that counts (default 0.10)")
-    p.add_argument("--alpha", type=float, default=0.01, help="Mann-Whitney U p-value that counts")
-    p.add_argument("--ratio-threshold", type=float, default=None,
+    p.add_argument("--threshold", type=_positive(float), default=0.10, help="slowdown that counts (default 0.10)")
+    p.add_argument("--alpha", type=_positive(float), default=0.01, help="Mann-Whitney U p-value that counts")
+    p.add_argument("--ratio-threshold", type=_positive(float), default=None,
                    help="portable mode: worsening of a ratio between our backends that counts (default 0.5)")
     p.add_argument("--all", action="store_true", help="also list unchanged cases")
+    p.add_argument("--allow-missing", action="store_true",
+                   help="pass a run that lacks cases, figures or claims of the baseline (they are still listed)")
+    p.add_argument("--no-noise", action="store_true",
+                   help="judge every figure without first measuring this machine's noise")
+    p.add_argument("--findings", type=Path, help="write the findings and the exit code here (JSON)")
+    p.add_argument("--confirm", type=Path, metavar="FINDINGS",
+                   help="a retry: count only regressions that the first attempt's --findings file also had")
     p.set_defaults(func=cmd_gate)
 
     p = sub.add_parser("baseline", help="record runs as baselines (see README: updating baselines)")

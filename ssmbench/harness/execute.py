@@ -9,10 +9,18 @@ import torch
 
 from ..impls.base import load_callable
 from ..impls.registry import get_backend, get_op, reasons
-from ..suites.base import Case
+from .case import Case
 from . import inject
-from .check import (check, check_backward, clone_args, cotangents, forward_for_backward, reference_grads,
-                    reference_outputs)
+from .check import (
+    check,
+    check_backward,
+    clone_args,
+    cotangents,
+    forward_for_backward,
+    reference_grads,
+    reference_outputs,
+)
+from .stats import two_sided_p
 from .timing import Timing, measure, measure_interleaved
 
 
@@ -181,14 +189,8 @@ def _interleaved(case: Case, seed: int) -> list[dict[str, Any]]:
     if case.stability:
         again = timings[f"{first}#again"]
         rows[first]["self_spread"] = again.median_ms / timings[first].median_ms - 1
-        rows[first]["self_p"] = _two_sided_p(timings[first].samples_ms, again.samples_ms)
+        rows[first]["self_p"] = two_sided_p(timings[first].samples_ms, again.samples_ms)
     return list(rows.values())
-
-
-def _two_sided_p(a: list[float], b: list[float]) -> float:
-    from scipy.stats import mannwhitneyu
-
-    return float(mannwhitneyu(a, b, alternative="two-sided").pvalue)
 
 
 # Cases of one problem usually follow each other (one per backend): its inputs (seconds to draw for

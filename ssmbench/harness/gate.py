@@ -8,29 +8,37 @@ Two modes:
   machine's speed: ratios between backends measured inside one run, fitted scaling exponents,
   exact tables, correctness.
 In both, a case that was ok and is now incorrect / failed / oom / timeout regresses whatever
-its time, and so does a claim whose verdict flips from holds to does not hold.
+its time, and so does a claim whose verdict flips from holds to does not hold. A case, figure or
+claim of the baseline that the run lacks fails the gate too (unless missing ones are allowed): a
+partial run proves nothing about what it did not run.
+
+When the machine's measured noise (``noise.py``) is larger than the threshold a timing figure is
+judged by, a worsening of that figure is "too noisy" (exit 3) instead of a regression: CI runs
+again and fails only on what worsened in both attempts (``confirm``).
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import shutil
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from ..impls.registry import backends, get_op
-from .stats import loglog_fit, speedup
-from .store import ResultsError, read_manifest, resolve_runs
-from .timing import significant_slowdown
+from .gate_input import GateInput
+from .noise import Noise
+from .stats import loglog_fit, significant_slowdown, speedup
+
+if TYPE_CHECKING:  # the suites judge claims; the harness only reads their verdicts
+    from ..suites.base import Verdict
 
 BROKEN = ("incorrect", "failed", "oom", "timeout")
-OUTCOMES = ("regression", "improvement", "unchanged", "new", "missing")
-BASELINES = Path("results") / "baselines"
+OUTCOMES = ("regression", "missing", "too noisy", "unconfirmed", "improvement", "unchanged", "new")
+# Findings whose figure is a timing (or judged from timings): the ones noise can move.
+TIMED_KINDS = ("time", "ratio", "exponent", "verdict")
+EXIT_PASS, EXIT_FAIL, EXIT_TOO_NOISY = 0, 1, 3
 # Portable mode: how much worse a ratio between two of our backends must get to count. Between
 # two runs on one 2-core CPU, an hour apart, the ratio of a dispatch-bound loop to a compute-bound
 # scan moved by 32% with both runs' 95% intervals tight: such ratios drift between runs more
@@ -45,7 +53,7 @@ class GateRefused(ValueError):
 @dataclass(frozen=True)
 class Finding:
     key: str
-    kind: str  # time | status | ratio | exponent | table | verdict
+    kind: str  # time | status | ratio | exponent | table | exact | verdict
     baseline: Any
     current: Any
     outcome: str
@@ -60,14 +68,22 @@ class GateResult:
     baseline: str
     run: str
     findings: list[Finding] = field(default_factory=list)
+    allow_missing: bool = False
+    noise: Noise | None = None
+    suite: str | None = None  # the suite of the run judged
 
     @property
     def regressions(self) -> list[Finding]:
         return [f for f in self.findings if f.outcome == "regression"]
 
+    def outcomes(self, outcome: str) -> list[Finding]:
+        return [f for f in self.findings if f.outcome == outcome]
+
     @property
     def exit_code(self) -> int:
-        return 1 if self.regressions else 0
+        if self.regressions or (self.outcomes("missing") and not self.allow_missing):
+            return EXIT_FAIL
+        return EXIT_TOO_NOISY if self.outcomes("too noisy") else EXIT_PASS
 
     def table(self) -> pd.DataFrame:
         order = {o: i for i, o in enumerate(OUTCOMES)}
@@ -77,52 +93,35 @@ class GateResult:
     def summary(self) -> str:
         counts = pd.Series([f.outcome for f in self.findings]).value_counts().to_dict()
         parts = ", ".join(f"{counts.get(o, 0)} {o}" for o in OUTCOMES if counts.get(o))
-        verdict = "FAIL" if self.exit_code else "pass"
-        return f"gate {verdict} ({self.mode}): {self.run} vs {self.baseline}: {parts or 'nothing compared'}"
+        verdict = {EXIT_PASS: "pass", EXIT_FAIL: "FAIL", EXIT_TOO_NOISY: "TOO NOISY TO JUDGE"}[self.exit_code]
+        noise = f"; {self.noise.describe()}" if self.noise else ""
+        allowed = "; missing allowed" if self.allow_missing and self.outcomes("missing") else ""
+        return (f"gate {verdict} ({self.mode}): {self.run} vs {self.baseline}: "
+                f"{parts or 'nothing compared'}{allowed}{noise}")
+
+    def to_json(self) -> dict:
+        """What ``--findings`` writes and ``confirm`` reads back."""
+        return {"mode": self.mode, "suite": self.suite, "baseline": self.baseline, "run": self.run,
+                "exit_code": self.exit_code,
+                "noise": asdict(self.noise) if self.noise else None,
+                "findings": [{**asdict(f), "baseline": _plain(f.baseline), "current": _plain(f.current)}
+                             for f in self.findings]}
 
 
-@dataclass
-class GateInput:
-    """A run (or a pytest-benchmark file) as the gate reads it."""
-
-    name: str
-    fingerprint: str
-    environment: dict
-    rows: pd.DataFrame
-    suite: str | None
-    labels: dict[str, str] = field(default_factory=dict)  # case id -> what the case is, in words
-
-    def label(self, case_id: str, row=None) -> str:
-        if case_id in self.labels:
-            return self.labels[case_id]
-        parent = row.get("parent_case_id") if row is not None else None
-        if isinstance(parent, str) and parent in self.labels:
-            return f"{self.labels[parent]} [{row.get('backend')}]"
-        return case_id
-
-
-def load_input(spec: str | Path, results_dir: Path | None = None) -> GateInput:
-    """A run folder, run id, "latest", "latest:<suite>", or a pytest-benchmark JSON file."""
-    spec = str(spec)
-    if spec.endswith(".json") and Path(spec).is_file():
-        from .pytest_benchmark import read_pytest_benchmark
-
-        return read_pytest_benchmark(Path(spec))
-    from .store import load_runs
-
-    (path,) = resolve_runs([spec], results_dir)
-
-    from .store import Run
-
-    manifest = read_manifest(path)
-    labels = {case.case_id: case.label() for case in Run(path).cases()}
-    return GateInput(str(path), manifest["fingerprint"], manifest["environment"],
-                     load_runs(path, with_environment=False), manifest.get("suite"), labels)
+def _plain(value):
+    """A figure as JSON holds it (numpy scalars and Figures as numbers or text)."""
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, (int, float, np.number)):
+        return float(value)
+    return str(value)
 
 
 def gate(baseline: GateInput, run: GateInput, *, portable: bool = False, threshold: float = 0.10,
          alpha: float = 0.01, ratio_threshold: float = RATIO_THRESHOLD,
-         exponent_tolerance: float = 0.15) -> GateResult:
+         exponent_tolerance: float = 0.15, allow_missing: bool = False, noise: Noise | None = None) -> GateResult:
+    """``noise``: the machine's measured noise (None: not measured, every figure judged)."""
+    _check_comparable(baseline, run, portable)
     if not portable and baseline.fingerprint != run.fingerprint:
         from .env import fingerprint_diff
 
@@ -133,7 +132,8 @@ def gate(baseline: GateInput, run: GateInput, *, portable: bool = False, thresho
             f"{baseline.fingerprint} and run {run.fingerprint} differ in: {shown or 'fingerprint only'}. "
             "Use --portable for machine-independent figures."
         )
-    result = GateResult("portable" if portable else "timing", baseline.name, run.name)
+    result = GateResult("portable" if portable else "timing", baseline.name, run.name,
+                        allow_missing=allow_missing, noise=noise, suite=run.suite)
     labels = _labels(run, baseline)
     result.findings += _status_findings(baseline.rows, run.rows, labels)
     if portable:
@@ -142,7 +142,35 @@ def gate(baseline: GateInput, run: GateInput, *, portable: bool = False, thresho
     else:
         result.findings += _timing_findings(baseline.rows, run.rows, labels, threshold, alpha)
     result.findings += _verdict_findings(baseline, run)
+    if noise is not None and noise.exceeds(ratio_threshold if portable else threshold):
+        result.findings = [_too_noisy(f, noise) for f in result.findings]
     return result
+
+
+def _too_noisy(finding: Finding, noise: Noise) -> Finding:
+    if finding.outcome != "regression" or finding.kind not in TIMED_KINDS:
+        return finding
+    why = f"{noise.describe()} exceeds the threshold this figure is judged by"
+    return dataclasses.replace(finding, outcome="too noisy", detail="; ".join(filter(None, [finding.detail, why])))
+
+
+def _check_comparable(baseline: GateInput, run: GateInput, portable: bool) -> None:
+    """Refusals that no threshold could make meaningful."""
+    if baseline.suite == "compare":
+        raise GateRefused(f"baseline {baseline.name} is a compare run: a comparison of backends on one "
+                          "problem is no baseline for a suite; use a run of the suite (ssmbench run --suite ...)")
+    if baseline.suite and run.suite and baseline.suite != run.suite:
+        raise GateRefused(f"baseline {baseline.name} is a run of suite {baseline.suite!r}, the run "
+                          f"{run.name} of suite {run.suite!r}: a gate compares runs of one suite")
+    if portable:
+        return
+    for entry in (baseline, run):
+        measured_by = entry.rows["fingerprint"].dropna().unique() if "fingerprint" in entry.rows else []
+        if len(measured_by) > 1:
+            counts = entry.rows["fingerprint"].value_counts()
+            shown = ", ".join(f"{fp} ({n} rows)" for fp, n in counts.items())
+            raise GateRefused(f"{entry.name} holds rows measured on {len(measured_by)} machines ({shown}): "
+                              "timings are compared only within one fingerprint; use --portable")
 
 
 def _ok(rows: pd.DataFrame) -> pd.DataFrame:
@@ -216,9 +244,10 @@ class Figure:
     value: float
     lo: float
     hi: float
+    over: str = ""  # what the figure was taken over, in words
 
     def __str__(self) -> str:
-        return f"{self.value:.4g} [{self.lo:.4g}, {self.hi:.4g}]"
+        return f"{self.value:.4g} [{self.lo:.4g}, {self.hi:.4g}]" + (f" over {self.over}" if self.over else "")
 
 
 def portable_figures(rows: pd.DataFrame, labels: dict[str, str] | None = None) -> dict[tuple[str, str], Figure | bool]:
@@ -228,7 +257,8 @@ def portable_figures(rows: pd.DataFrame, labels: dict[str, str] | None = None) -
     the same problem, with a bootstrap interval from both raw samples, then the geometric mean of
     those over the run's problems, per backend pair; exponent: the log-log
     slope of time in the sequence length per backend of ours, with its regression interval;
-    table: exact-table rows' ``equal``. Third-party backends are left out of ratios and
+    table: exact-table rows' ``equal``; exact: each column a row lists in ``exact_columns``
+    (byte counts, which may not grow). Third-party backends are left out of ratios and
     exponents: their speed against ours is measured, but it is not this project's to gate.
     """
     figures: dict[tuple[str, str], Figure | bool] = {}
@@ -236,13 +266,20 @@ def portable_figures(rows: pd.DataFrame, labels: dict[str, str] | None = None) -
     if "equal" in rows:
         for _, row in rows[rows["equal"].notna()].iterrows():
             figures[("table", labels.get(row["case_id"], row["case_id"]))] = bool(row["equal"])
+    if "exact_columns" in rows:
+        # A row names its own exact figures (byte counts that no machine changes).
+        for _, row in _ok(rows)[_ok(rows)["exact_columns"].notna()].iterrows():
+            for column in row["exact_columns"].split(","):
+                value = float(row[column])
+                figures[("exact", f"{labels.get(row['case_id'], row['case_id'])} {column}")] = \
+                    Figure(value, value, value)
     ok = _ok(rows)
     if "median_ms" not in ok or "op" not in ok:
         return figures
     op_rows = ok[ok["op"].fillna("") != ""]
     modes = op_rows["pass_mode"].fillna("forward") if "pass_mode" in op_rows else "forward"
     for (op_name, mode), of_op in op_rows.assign(pass_mode=modes).groupby(["op", "pass_mode"]):
-        ours = of_op[of_op["backend"].map(lambda name: _ours(op_name, name))]
+        ours = of_op[[_ours(op_name, name) for name in of_op["backend"]]]
         fields = [f.name for f in dataclasses.fields(get_op(op_name).problem_type) if f.name in ours]
         # Forward figures keep the names they had before backward cases existed.
         op_name_shown = op_name if mode == "forward" else f"{op_name} {mode}"
@@ -255,7 +292,9 @@ def portable_figures(rows: pd.DataFrame, labels: dict[str, str] | None = None) -
                     per_pair.setdefault(f"{backend}/{ref}", []).append(
                         _ratio(by_backend.loc[backend], by_backend.loc[ref]))
         for pair, ratios in per_pair.items():
-            figures[("ratio", f"{op_name_shown} {pair} over {len(ratios)} problem(s)")] = _geometric_mean(ratios)
+            # Keyed by the pair alone: a run with fewer problems still has the figure, over fewer.
+            figures[("ratio", f"{op_name_shown} {pair}")] = dataclasses.replace(
+                _geometric_mean(ratios), over=f"{len(ratios)} problem(s)")
         for length in [c for c in ("seqlen", "seqlen_q") if c in fields]:
             others = [c for c in fields if c != length]
             for key, group in ours.groupby([ours[c].map(_fmt) for c in others] + [ours["backend"]], sort=True):
@@ -322,6 +361,12 @@ def _figure_findings(base, cur, ratio_threshold: float, exponent_tolerance: floa
             outcome = "regression" if b and not c else "improvement" if c and not b else "unchanged"
             findings.append(Finding(key, kind, b, c, outcome))
             continue
+        if kind == "exact":
+            # Bytes held: any growth is a regression, however small; a machine cannot explain it.
+            outcome = "regression" if c.value > b.value else "improvement" if c.value < b.value else "unchanged"
+            findings.append(Finding(key, kind, b.value, c.value, outcome, c.value / b.value - 1 if b.value else math.nan,
+                                    detail="exact count; any growth counts"))
+            continue
         if kind == "ratio":
             change = c.value / b.value - 1
             worse, better = change > ratio_threshold, change < 1 / (1 + ratio_threshold) - 1
@@ -340,7 +385,7 @@ def _figure_findings(base, cur, ratio_threshold: float, exponent_tolerance: floa
     return findings
 
 
-def _verdicts(entry: GateInput) -> dict[str, str]:
+def _verdicts(entry: GateInput) -> dict[str, Verdict]:
     from ..suites import available_suites, get_suite
 
     out = {}
@@ -354,49 +399,45 @@ def _verdicts(entry: GateInput) -> dict[str, str]:
             continue
         for verdict in suite.judge(entry.rows[entry.rows["suite"] == suite_name],
                                    {"environment": entry.environment}):
-            out[verdict.claim] = verdict.verdict
+            out[verdict.claim_id] = verdict
     return out
 
 
 def _verdict_findings(baseline: GateInput, run: GateInput) -> list[Finding]:
+    """Each claim's verdict in both runs, matched by claim id (a reworded claim is still the
+    claim); the detail is the claim and the figure that decided the run's verdict."""
     b, c = _verdicts(baseline), _verdicts(run)
     findings = []
-    for claim in sorted(set(b) & set(c)):
-        if b[claim] == "holds" and c[claim] == "does not hold":
+    for claim in sorted(set(b) | set(c)):
+        was, now = b.get(claim), c.get(claim)
+        if now is None:
+            findings.append(Finding(claim, "verdict", was.verdict, None, "missing",
+                                    detail=f"{was.claim}: {was.measured}"))
+            continue
+        if was is None:
+            findings.append(Finding(claim, "verdict", None, now.verdict, "new", detail=f"{now.claim}: {now.measured}"))
+            continue
+        if was.verdict == "holds" and now.verdict == "does not hold":
             outcome = "regression"
-        elif b[claim] == "does not hold" and c[claim] == "holds":
+        elif was.verdict == "does not hold" and now.verdict == "holds":
             outcome = "improvement"
         else:
             outcome = "unchanged"
-        findings.append(Finding(claim, "verdict", b[claim], c[claim], outcome))
+        findings.append(Finding(claim, "verdict", was.verdict, now.verdict, outcome,
+                                detail=f"{now.claim}: baseline: {was.measured}; run: {now.measured}"))
     return findings
 
 
-# Baselines: results/baselines/<suite>/<fingerprint>/ holds a copy of the run folder.
+def confirm(result: GateResult, first: dict) -> GateResult:
+    """A retry's result judged with the first attempt's (``GateResult.to_json``): a regression
+    or too-noisy finding stands only where the first attempt also had one on that figure; the
+    others were the first attempt's luck or this one's and become "unconfirmed"."""
+    before = {(f["kind"], f["key"]) for f in first["findings"] if f["outcome"] in ("regression", "too noisy")}
 
-def save_baseline(run_spec: str, results_dir: Path | None = None, baselines: Path | None = None) -> Path:
-    (path,) = resolve_runs([run_spec], results_dir)
-    manifest = read_manifest(path)
-    target = Path(baselines or BASELINES) / (manifest.get("suite") or "adhoc") / manifest["fingerprint"]
-    if target.exists():
-        shutil.rmtree(target)
-    shutil.copytree(path, target, ignore=shutil.ignore_patterns("*.tmp"))
-    return target
+    def judged(finding: Finding) -> Finding:
+        if finding.outcome in ("regression", "too noisy") and (finding.kind, finding.key) not in before:
+            return dataclasses.replace(finding, outcome="unconfirmed",
+                                       detail="; ".join(filter(None, [finding.detail, "not so in the first attempt"])))
+        return finding
 
-
-def find_baseline(run: GateInput, portable: bool, baselines: Path | None = None) -> Path:
-    """The stored baseline for a run: same suite and fingerprint; for portable gates, else the
-    newest baseline of the suite."""
-    root = Path(baselines or BASELINES) / (run.suite or "adhoc")
-    exact = root / run.fingerprint
-    if exact.is_dir():
-        return exact
-    candidates = sorted(root.glob("*/manifest.json"))
-    if not candidates:
-        raise ResultsError(f"{root}: no baseline stored for suite {run.suite!r}; "
-                           f"record one with: ssmbench baseline save RUN")
-    if not portable:
-        have = ", ".join(p.parent.name for p in candidates)
-        raise GateRefused(f"no baseline of suite {run.suite!r} has fingerprint {run.fingerprint} "
-                          f"(stored: {have}); use --portable or save a baseline on this machine")
-    return max(candidates, key=lambda p: json.loads(p.read_text())["created"]).parent
+    return dataclasses.replace(result, findings=[judged(f) for f in result.findings])

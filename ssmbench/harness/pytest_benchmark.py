@@ -87,7 +87,7 @@ def _blank(value) -> bool:
 def read_pytest_benchmark(path: Path):
     """A pytest-benchmark JSON file as a gate input: one ok row per benchmark, keyed by
     fullname (or our case id when the file came from :func:`export_run`)."""
-    from .gate import GateInput
+    from .gate_input import GateInput
 
     try:
         document = json.loads(Path(path).read_text())

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from ..suites.base import Case
+from .case import Case
 from .env import SETTINGS
 from .store import Run
 
@@ -76,7 +76,8 @@ class Worker:
                 pass
         else:
             self.stop(kill=True)
-            return [status_row(case, "timeout", f"no result within the case's {case.timeout_s:g} s limit; worker killed")]
+            return [status_row(case, "timeout",
+                               f"no result within the case's {case.timeout_s:g} s limit; worker killed")]
         # The worker died while running the case.
         self.process.join(5)
         code = self.process.exitcode

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..suites.base import Case
+from .case import Case
 from .env import environment, fingerprint_diff, fingerprint_id, measure_ceilings
 from .runner import Summary, run_cases
 from .store import ResultsError, Run, default_results_dir, resolve_runs
@@ -14,14 +14,14 @@ RUN_SETTINGS = ("THP_MEM_ALLOC_ENABLE",)  # the environment settings that ssmben
 
 def start_run(label: str, cases: list[Case], *, suite: str, preset: str, device: str = "cpu",
               results_dir: Path | None = None, threads: int | None = None, progress: bool = True,
-              ceilings: bool = True, executor=None) -> Summary:
+              ceilings: bool = True, executor=None, job_id: str | None = None) -> Summary:
     import torch
 
     if threads:
         torch.set_num_threads(threads)
     env = environment()
     run = Run.create(Path(results_dir or default_results_dir()), label, cases, env, fingerprint_id(env),
-                     suite=suite, preset=preset, device=device,
+                     suite=suite, preset=preset, device=device, **({"job_id": job_id} if job_id else {}),
                      ceilings=measure_ceilings(device) if ceilings else {})
     return run_cases(run, threads=threads, progress=progress, executor=executor)
 

@@ -1,10 +1,12 @@
 """Stored runs: one folder per run under results/, a manifest and rows written as cases finish.
 
     results/<run_id>/manifest.json   run id, git commit + dirty flag, time, command, suite,
-                                     preset, environment, fingerprint, ceilings, schema version
+                                     preset, environment, fingerprint, ceilings, schema version,
+                                     job id (shared by the runs of one command)
     results/<run_id>/cases.jsonl     the cases the run was asked to do (what --resume finishes)
     results/<run_id>/rows.jsonl      one flat JSON object per finished case, appended + fsynced
     results/<run_id>/writer.lock     held by the one process writing the run (its pid inside)
+    results/<run_id>/submitit/       job logs and per-job row files of --executor submitit
 
 Rows follow the schema of :mod:`.schema`. ``load_runs`` returns one pandas DataFrame; anything
 unreadable is an error naming the file, line and field, never skipped, except the torn last line
@@ -26,12 +28,14 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from ..suites.base import Case
+from .case import Case
+from .derived import add_ceiling_fractions
 from .schema import SCHEMA_VERSION, STATUSES, SchemaError, validate_row  # noqa: F401 - re-exported
 
 REQUIRED_MANIFEST_FIELDS = {"schema_version": int, "run_id": str, "created": str, "environment": dict,
                             "fingerprint": str}
 LOCK = "writer.lock"  # held (flock) by the one process that writes the run; the kernel frees it on exit
+JOB_LOGS = "submitit"  # a cluster's job logs and per-job row files, beside the run's own files
 
 
 class ResultsError(ValueError):
@@ -59,6 +63,11 @@ def new_run_id(label: str) -> str:
     return f"{stamp}-{label}-{secrets.token_hex(2)}"
 
 
+def new_job_id() -> str:
+    """The id that the runs of one command share (one run per suite of ``--suite a,b,c``)."""
+    return new_run_id("job")
+
+
 class Run:
     """A run folder being written (or resumed)."""
 
@@ -83,9 +92,9 @@ class Run:
         }
         try:
             path.mkdir(parents=True, exist_ok=False)
-            _write_whole(path / "cases.jsonl", "".join(json.dumps(_case_record(c), default=str) + "\n"
+            write_whole(path / "cases.jsonl", "".join(json.dumps(_case_record(c), default=str) + "\n"
                                                         for c in cases))
-            _write_whole(path / "manifest.json", json.dumps(manifest, indent=2, default=_json_default))
+            write_whole(path / "manifest.json", json.dumps(manifest, indent=2, default=_json_default))
         except OSError as exc:
             shutil.rmtree(path, ignore_errors=True)
             raise ResultsError(f"{path}: the run folder could not be written ({_os_error(exc)}); "
@@ -161,7 +170,7 @@ class Run:
         if not partial:
             return
         kept = [r for r in rows if r.get("parent_case_id") not in partial]
-        _write_whole(self.rows_file, "".join(json_line(r) for r in kept))
+        write_whole(self.rows_file, "".join(json_line(r) for r in kept))
         _warn(f"{self.rows_file}: dropped {len(rows) - len(kept)} rows of {len(partial)} interleaved case(s) "
               f"cut off before all their rows were written; they run again")
 
@@ -188,7 +197,8 @@ class Run:
                 kept = len(self.rows())
                 case = rows[0].get("parent_case_id") or rows[0].get("case_id")
                 raise ResultsError(f"{self.rows_file}: {_os_error(exc)}; the {kept} rows written before are kept, "
-                                   f"case {case} was not; free space, then: ssmbench run --resume {self.path}") from None
+                                   f"case {case} was not; free space, then: ssmbench run --resume {self.path}"
+                                   ) from None
         finally:
             os.close(fd)
 
@@ -233,7 +243,7 @@ def _warn(message: str) -> None:
     print(f"ssmbench: warning: {message}", file=sys.stderr, flush=True)
 
 
-def _write_whole(path: Path, text: str) -> None:
+def write_whole(path: Path, text: str) -> None:
     """``text`` into ``path`` through a temporary file renamed over it: readers see the old file or
     the new one, never a part."""
     tmp = path.with_name(path.name + ".tmp")
@@ -314,13 +324,17 @@ def read_rows(path: Path) -> list[dict]:
     return rows
 
 
-def resolve_runs(specs: Iterable[str | Path], results_dir: Path | None = None) -> list[Path]:
-    """Run folders from paths, run ids, or "latest" (the newest run in the results folder)."""
+def resolve_runs(specs: Iterable[str | Path], results_dir: Path | None = None,
+                 whole_job: bool = False) -> list[Path]:
+    """Run folders from paths, run ids, or "latest" (the newest run in the results folder; with
+    ``whole_job``, every run of the command that made it, in the order they were made)."""
     base = Path(results_dir or default_results_dir())
     paths = []
     for spec in specs:
         spec = str(spec)
-        if spec == "latest" or spec.startswith("latest:"):
+        if spec == "latest" and whole_job:
+            paths.extend(job_runs(base, latest_run(base)))
+        elif spec == "latest" or spec.startswith("latest:"):
             paths.append(latest_run(base, suite=spec.partition(":")[2] or None))
         elif Path(spec).is_dir():
             paths.append(Path(spec))
@@ -341,27 +355,14 @@ def latest_run(results_dir: Path, suite: str | None = None) -> Path:
     return max(manifests, key=lambda pm: pm[1]["created"])[0]
 
 
-def _add_ceiling_fractions(frame, ceilings: dict) -> None:
-    """pct_bw and pct_flops: the case's GB/s and TFLOP/s over this machine's measured ceilings
-    (copy bandwidth; matmul rate in bf16 for half-precision cases, else fp32). floor_ms: the
-    longest of the times its bytes, flops and exps take at the copy, matmul and exp rates, a
-    time no backend beats on this machine; x_floor: the case's median over that floor."""
-    import pandas as pd
-
-    floors = []
-    if "gbps" in frame and ceilings.get("copy_gbps"):
-        frame["pct_bw"] = 100 * frame["gbps"] / ceilings["copy_gbps"]
-        floors.append(pd.to_numeric(frame["bytes"], errors="coerce") / (ceilings["copy_gbps"] * 1e9))
-    if "tflops" in frame and "dtype" in frame and ceilings.get("matmul_fp32_tflops"):
-        peak = ceilings.get("matmul_bf16_tflops", ceilings["matmul_fp32_tflops"])
-        rate = frame["dtype"].map(lambda d: peak if d in ("bfloat16", "float16") else ceilings["matmul_fp32_tflops"])
-        frame["pct_flops"] = 100 * frame["tflops"] / rate
-        floors.append(pd.to_numeric(frame["flops"], errors="coerce") / (rate * 1e12))
-    if "exps" in frame and ceilings.get("exp_gexps"):
-        floors.append(pd.to_numeric(frame["exps"], errors="coerce") / (ceilings["exp_gexps"] * 1e9))
-    if floors and "median_ms" in frame:
-        frame["floor_ms"] = 1e3 * pd.concat(floors, axis=1).max(axis=1)
-        frame["x_floor"] = frame["median_ms"] / frame["floor_ms"]
+def job_runs(results_dir: Path, run: Path) -> list[Path]:
+    """The runs under ``results_dir`` that share ``run``'s job id, oldest first; ``run`` alone
+    when its manifest has none (runs made before job ids)."""
+    job = read_manifest(run).get("job_id")
+    if not job:
+        return [Path(run)]
+    manifests = [(p.parent, read_manifest(p.parent)) for p in Path(results_dir).glob("*/manifest.json")]
+    return [p for p, m in sorted(manifests, key=lambda pm: pm[1]["created"]) if m.get("job_id") == job]
 
 
 def load_runs(*runs: str | Path, results_dir: Path | None = None, with_environment: bool = True):
@@ -382,6 +383,6 @@ def load_runs(*runs: str | Path, results_dir: Path | None = None, with_environme
             frame["preset"] = manifest.get("preset")
             frame["cpu_model"] = env.get("cpu_model")
             frame["gpu_name"] = env.get("gpu_name")
-            _add_ceiling_fractions(frame, manifest.get("ceilings") or {})
+            add_ceiling_fractions(frame, manifest.get("ceilings") or {})
         frames.append(frame)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

@@ -5,13 +5,14 @@ flushed before each one (unless hot-cache mode), synchronised before reading.
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 import torch
+
+from .stats import median_ci
 
 
 @dataclass(frozen=True)
@@ -53,24 +54,6 @@ class Timing:
             "first_call_ms": self.first_call_ms, "warmup_calls": self.warmup_calls,
             "hot_cache": self.hot_cache,
         }
-
-
-def median_ci(samples, confidence: float = 0.95) -> tuple[float, float]:
-    """Distribution-free confidence interval of the median from order statistics: the ranks
-    (j, k) around n/2 such that Binomial(n, 1/2) puts at least ``confidence`` between them."""
-    from scipy.stats import binom
-
-    x = np.sort(np.asarray(samples, dtype=float))
-    n = len(x)
-    if n < 6:
-        return float(x[0]), float(x[-1])
-    alpha = 1 - confidence
-    j = int(binom.ppf(alpha / 2, n, 0.5))
-    k = n - j
-    # ppf may land one rank inside; widen until the coverage is reached.
-    while j > 0 and binom.cdf(k - 1, n, 0.5) - binom.cdf(j - 1, n, 0.5) < confidence:
-        j, k = j - 1, k + 1
-    return float(x[max(j - 1, 0)]), float(x[min(k - 1, n - 1)])
 
 
 class _CpuClock:
@@ -166,12 +149,3 @@ def measure_interleaved(fns: dict[str, Callable[[], object]], device: str = "cpu
             samples[n].append(once(n))
         rounds += 1
     return {n: Timing(samples[n], first[n], warmup_rounds, hot_cache) for n in names}
-
-
-def significant_slowdown(baseline: list[float], current: list[float], alpha: float = 0.01) -> float:
-    """One-sided Mann-Whitney U p-value that ``current`` is slower than ``baseline``."""
-    from scipy.stats import mannwhitneyu
-
-    if len(baseline) < 2 or len(current) < 2:
-        return math.nan
-    return float(mannwhitneyu(current, baseline, alternative="greater").pvalue)

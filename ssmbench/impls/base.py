@@ -88,12 +88,23 @@ class Problem:
         for key, raw in params.items():
             default = fields[key].default
             values[key] = _coerce(key, raw, type(default) if default is not dataclasses.MISSING else int)
+            _check_size(cls.__name__, key, values[key], default)
         problem = cls(**values)
         parse_dtype(problem.dtype)
         return problem
 
     def replace(self, **changes) -> "Problem":
         return dataclasses.replace(self, **changes)
+
+
+def _check_size(problem: str, key: str, value: Any, default: Any) -> None:
+    """Sizes are never negative; a size whose default is positive is a real extent, never 0 (a
+    field that defaults to 0, such as seqlen_k or groups, uses 0 to mean "as another" or "none")."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        return
+    if value < 0 or (value == 0 and isinstance(default, int) and default > 0):
+        least = "a positive int" if isinstance(default, int) and default > 0 else "an int >= 0"
+        raise ValueError(f"{problem}: parameter {key!r} must be {least}, got {value}")
 
 
 def _coerce(key: str, raw: Any, kind: type) -> Any:

@@ -2,6 +2,7 @@
 expected and what was received."""
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -15,12 +16,21 @@ class Args:
     >>> a = Args("selective_scan", kwargs)
     >>> a.tensor("u", "b d l")          # binds b, d, l
     >>> a.tensor("delta", "b d l")      # must agree
+    >>> a.sizes["d"]                    # every size the arguments agree on
+
+    Sizes are settled when first read: where arguments disagree on a size, the arguments that
+    most of the others contradict are the wrong ones, so a first tensor in the wrong layout is
+    blamed, not every correct one after it. Sizes of 0 are refused (no op here has a meaning for
+    an empty batch, channel or sequence).
     """
 
     def __init__(self, op: str, kwargs: Mapping[str, Any]):
         self.op = op
         self.kwargs = kwargs
-        self.sizes: dict[str, int] = {}
+        # (argument, dims, shape, the dims that may be empty) of each tensor checked
+        self._seen: list[tuple[str, list[str], tuple[int, ...], list[str]]] = []
+        self._bound: dict[str, int] = {}  # the first size given for each dim
+        self._settled = True  # no disagreement and no empty size so far
         self.device: torch.device | None = None
         self.dtype: torch.dtype | None = None
 
@@ -28,7 +38,9 @@ class Args:
         return ValueError(f"{self.op}: {message}")
 
     def tensor(self, name: str, dims: str | Sequence[str], optional: bool = False,
-               float_only: bool = True, same_dtype: bool = False) -> torch.Tensor | None:
+               float_only: bool = True, same_dtype: bool = False, may_be_empty: str = "") -> torch.Tensor | None:
+        """``may_be_empty``: dims (space-separated) where 0 has a meaning, e.g. the kept steps of
+        a width-1 convolution's state."""
         value = self.kwargs.get(name)
         if value is None:
             if optional:
@@ -38,22 +50,17 @@ class Args:
             raise self.fail(f"argument {name!r} must be a torch.Tensor, got {type(value).__name__}")
         names = dims.split() if isinstance(dims, str) else list(dims)
         expected = " ".join(names)
-        if value.dim() != len(names):
-            raise self.fail(
-                f"argument {name!r} must have shape ({expected}) = {self._show(names)}, "
-                f"got {tuple(value.shape)}"
-            )
-        for dim, size in zip(names, value.shape):
+        shape = value.shape
+        if len(shape) != len(names):
+            raise self.fail(f"argument {name!r} must have shape ({expected}) = {self._show(names)}, got {tuple(shape)}")
+        for dim, size in zip(names, shape):
             if dim.isdigit():
                 if int(dim) != size:
-                    raise self.fail(f"argument {name!r} must have shape ({expected}), got {tuple(value.shape)}")
-                continue
-            bound = self.sizes.setdefault(dim, size)
-            if bound != size:
-                raise self.fail(
-                    f"argument {name!r} must have shape ({expected}) = {self._show(names)}, "
-                    f"got {tuple(value.shape)}"
-                )
+                    raise self.fail(f"argument {name!r} must have shape ({expected}), got {tuple(shape)}")
+            # Kept as first bound while the arguments agree (the common case, and per decode step).
+            elif self._bound.setdefault(dim, size) != size or not (size or dim in may_be_empty.split()):
+                self._settled = False
+        self._seen.append((name, names, tuple(shape), may_be_empty.split()))
         if float_only and value.dtype not in DTYPES.values():
             raise self.fail(f"argument {name!r} must be a floating tensor, got {value.dtype}")
         if self.device is None:
@@ -69,8 +76,48 @@ class Args:
                 )
         return value
 
+    @property
+    def sizes(self) -> dict[str, int]:
+        if not self._settled:
+            self._settle()  # raises: the arguments disagree, or one is empty
+        return self._bound
+
+    def _votes(self) -> dict[str, Counter]:
+        """dim -> Counter(size -> how many arguments give it), over the arguments checked."""
+        votes: dict[str, Counter] = {}
+        for _, names, shape, _ in self._seen:
+            for dim, size in zip(names, shape):
+                if not dim.isdigit():
+                    votes.setdefault(dim, Counter())[size] += 1
+        return votes
+
+    def _settle(self) -> None:
+        votes = self._votes()
+        # The size each dim takes: the one most arguments give; on a tie, the first given.
+        agreed = {dim: max(counts, key=lambda size: (counts[size], -list(counts).index(size)))
+                  for dim, counts in votes.items()}
+        # Blame the argument that contradicts the most others (a wrong layout disagrees on
+        # several sizes at once); on a tie, the later one, as a check in order would.
+        wrong = max(reversed(self._seen), key=lambda seen: sum(
+            votes[d][agreed[d]] for d, n in zip(seen[1], seen[2]) if not d.isdigit() and n != agreed[d]),
+            default=None)
+        if wrong is not None and any(not d.isdigit() and n != agreed[d] for d, n in zip(wrong[1], wrong[2])):
+            name, names, shape, _ = wrong
+            others = sorted({other for other, dims, got, _ in self._seen if other != name and any(
+                d in names and n == agreed[d] for d, n in zip(dims, got) if not d.isdigit())})
+            raise self.fail(f"argument {name!r} must have shape ({' '.join(names)}) = "
+                            f"{tuple(agreed.get(d, int(d) if d.isdigit() else d) for d in names)}, got {shape} "
+                            f"(sizes from {', '.join(map(repr, others))})")
+        for name, names, shape, empty in self._seen:
+            for dim, size in zip(names, shape):
+                if size == 0 and dim not in empty:
+                    raise self.fail(f"argument {name!r} has size 0 in dimension {dim} of ({' '.join(names)}), "
+                                    f"shape {shape}: {self.op} needs every size at least 1")
+
     def _show(self, names: list[str]) -> tuple:
-        return tuple(self.sizes.get(n, int(n) if n.isdigit() else n) for n in names)
+        votes = self._votes()
+        return tuple(votes[n].most_common(1)[0][0] if n in votes else int(n) if n.isdigit() else n
+                     for n in names)
 
     def require(self, condition: bool, message: str) -> None:
         if not condition:

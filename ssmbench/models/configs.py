@@ -56,7 +56,7 @@ class ModelConfig:
     attn_layer_offset: int = 0
     # MLP (0: none, as in a Mamba-1 block).
     d_ff: int = 0
-    mlp: str = "swiglu"  # "swiglu" (3 matrices) or "gelu" (2)
+    mlp: str = "swiglu"  # "swiglu" (3 matrices), "gelu" or "gelu_tanh" (GPT-2's gelu_new; 2 matrices)
     n_experts: int = 1
     experts_per_token: int = 1
     expert_layer_period: int = 1
@@ -66,6 +66,9 @@ class ModelConfig:
     norm: str = "rmsnorm"  # "rmsnorm" (a weight) or "layernorm" (weight and bias)
     norm_eps: float = 1e-5
     rope_theta: float = 10000.0  # the rotary base of the attention layers
+    rotary_fraction: float = 1.0  # the share of each head's channels that is rotated (GPT-NeoX: 0.25)
+    # x + attn(norm(x)) + mlp(norm'(x)) in one step (GPT-NeoX) instead of one residual after another.
+    parallel_residual: bool = False
     # Whether the top-k router weights are renormalised to sum to one (Mixtral) or kept as the
     # softmax over all experts (Jamba).
     router_renormalise: bool = True
@@ -82,8 +85,10 @@ class ModelConfig:
                              f"n_kv_heads={self.n_kv_heads}")
         if self.mamba_layers and self.mamba is None:
             raise ValueError(f"{self.name}: layers without attention need a MambaMixer")
-        if self.mlp not in ("swiglu", "gelu") or self.norm not in ("rmsnorm", "layernorm"):
-            raise ValueError(f"{self.name}: mlp must be swiglu or gelu, norm rmsnorm or layernorm")
+        if self.mlp not in ("swiglu", "gelu", "gelu_tanh") or self.norm not in ("rmsnorm", "layernorm"):
+            raise ValueError(f"{self.name}: mlp must be swiglu, gelu or gelu_tanh, norm rmsnorm or layernorm")
+        if self.parallel_residual and not self.d_ff:
+            raise ValueError(f"{self.name}: parallel_residual needs an MLP (d_ff > 0)")
 
     # The layer pattern.
     def mixer(self, layer: int) -> str:
@@ -106,6 +111,15 @@ class ModelConfig:
     @property
     def d_inner(self) -> int:
         return self.mamba.expand * self.d_model if self.mamba else 0
+
+    @property
+    def rotary_dim(self) -> int:
+        """Rotated channels per attention head: none with learned positions (GPT-3) or Mamba
+        layers, which carry position themselves (Jamba's attention layers have no positional
+        encoding); else ``rotary_fraction`` of the head, rounded down as GPT-NeoX does."""
+        if self.learned_positions or self.mamba_layers:
+            return 0
+        return int(self.head_dim * self.rotary_fraction)
 
     @property
     def dt_rank(self) -> int:
@@ -151,7 +165,7 @@ class ModelConfig:
 
     def _mlp_params(self) -> int:
         matrices = 3 if self.mlp == "swiglu" else 2
-        return matrices * self.d_model * self.d_ff + (self.d_ff + self.d_model if self.bias else 0)
+        return matrices * self.d_model * self.d_ff + ((matrices - 1) * self.d_ff + self.d_model if self.bias else 0)
 
     def _mamba_params(self) -> int:
         m, d, di = self.mamba, self.d_model, self.d_inner

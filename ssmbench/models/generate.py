@@ -171,18 +171,19 @@ def hf_model(config: ModelConfig, dtype="float32", device="cpu", seed: int = 0):
     Llama for a Llama-style one (RMSNorm, SwiGLU, rotary, grouped-query heads)."""
     import transformers
 
-    if config.mamba_layers or config.n_experts > 1 or config.sliding_window:
-        raise ValueError(f"{config.name}: the Hugging Face baseline covers dense Transformers only")
-    gpt = config.learned_positions and config.norm == "layernorm" and config.mlp == "gelu"
+    if config.mamba_layers or config.n_experts > 1 or config.sliding_window or config.parallel_residual:
+        raise ValueError(f"{config.name}: the Hugging Face baseline covers dense sequential Transformers only")
+    activation = {"gelu": "gelu", "gelu_tanh": "gelu_new"}.get(config.mlp)
+    gpt = config.learned_positions and config.norm == "layernorm" and activation
     llama = not config.learned_positions and config.norm == "rmsnorm" and config.mlp == "swiglu"
     if gpt and config.head_dim * config.n_heads == config.d_model and config.n_kv_heads == config.n_heads:
         hf_config = transformers.GPT2Config(
             vocab_size=config.vocab_size, n_positions=config.learned_positions, n_embd=config.d_model,
-            n_layer=config.n_layers, n_head=config.n_heads, n_inner=config.d_ff, activation_function="gelu",
+            n_layer=config.n_layers, n_head=config.n_heads, n_inner=config.d_ff, activation_function=activation,
             resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, layer_norm_epsilon=config.norm_eps,
             tie_word_embeddings=config.tie_embeddings, pad_token_id=0, bos_token_id=0, eos_token_id=None)
         cls = transformers.GPT2LMHeadModel
-    elif llama and not config.bias:
+    elif llama and not config.bias and config.rotary_fraction == 1:
         hf_config = transformers.LlamaConfig(
             vocab_size=config.vocab_size, hidden_size=config.d_model, intermediate_size=config.d_ff,
             num_hidden_layers=config.n_layers, num_attention_heads=config.n_heads,
@@ -198,6 +199,14 @@ def hf_model(config: ModelConfig, dtype="float32", device="cpu", seed: int = 0):
     return model.to(dtype=parse_dtype(dtype)).eval().requires_grad_(False)
 
 
+def hf_checkpoint(path_or_id: str, dtype="float32", device="cpu"):
+    """transformers' own model of a checkpoint, the baseline beside ours of the same weights."""
+    import transformers
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(path_or_id, dtype=parse_dtype(dtype))
+    return model.to(device).eval().requires_grad_(False)
+
+
 @torch.inference_mode()
 def hf_generate(model, prompt: torch.Tensor, gen: int) -> torch.Tensor:
     """Greedy ``generate()`` of exactly ``gen`` new tokens, as the paper's baseline ran."""
@@ -206,10 +215,18 @@ def hf_generate(model, prompt: torch.Tensor, gen: int) -> torch.Tensor:
     return out[:, prompt.shape[1]:]
 
 
-def case_config(model: str, scale: int = 1, layers: int = 0, vocab: int = 0, max_len: int = 0) -> ModelConfig:
+def case_config(model: str, scale: int = 1, layers: int = 0, vocab: int = 0, max_len: int = 0,
+                checkpoint: str = "") -> ModelConfig:
     """A published config, widths divided by ``scale``, optionally with ``layers`` layers (the
     same pattern, cut or repeated) and a ``vocab``-token vocabulary, with positions for
-    ``max_len`` tokens."""
+    ``max_len`` tokens. With ``checkpoint`` (a folder or hub id): that checkpoint's config, as
+    trained (neither scaled nor given positions it has no weights for)."""
+    if checkpoint:
+        if scale != 1 or layers or vocab:
+            raise ValueError(f"{checkpoint}: a checkpoint's shape is its own; scale, layers and vocab do not apply")
+        from .checkpoints import read_config
+
+        return read_config(checkpoint)
     config = get_model(model)
     if scale != 1:
         config = config.scaled(scale)
@@ -258,11 +275,14 @@ def _ops_text(model: LanguageModel, chosen: dict[str, str]) -> str:
 def generation_case(model: str, impl: str = "ssmbench", batch: int = 1, prompt: int = 2048, gen: int = 128,
                     dtype: str = "float16", device: str = "cuda", scale: int = 1, layers: int = 0,
                     vocab: int = 0, backends: str = "auto", cuda_graphs: bool = True, repeats: int = 3,
-                    budget_gib: float = 0.0, state_dtype: str = "", threads: int = 0, seed: int = 0) -> dict:
+                    budget_gib: float = 0.0, state_dtype: str = "", threads: int = 0, seed: int = 0,
+                    checkpoint: str = "") -> dict:
     """Time greedy generation of ``gen`` tokens after a ``prompt``-token prompt at ``batch``.
 
     impl "ssmbench": our model (static cache; CUDA graphs for decode on a GPU when
     ``cuda_graphs``); "hf": the Hugging Face model of the same shape with ``generate()``.
+    ``checkpoint`` (a folder or hub id): that checkpoint's weights, in our model
+    (:func:`~.checkpoints.from_pretrained`) or in transformers' (``model`` is then its label).
     One untimed call first (graph capture, autotuning), then ``repeats`` timed calls;
     tokens_per_s = batch * gen / mean total time (prefill + decode), the paper's average of
     repeats; the row also keeps each call's total (samples_ms) and their median (median_ms). ``budget_gib`` > 0: a case
@@ -272,10 +292,14 @@ def generation_case(model: str, impl: str = "ssmbench", batch: int = 1, prompt: 
     """
     if impl not in ("ssmbench", "hf"):
         raise ValueError(f"impl must be 'ssmbench' or 'hf', got {impl!r}")
-    config = case_config(model, scale, layers, vocab, prompt + gen)
+    config = case_config(model, scale, layers, vocab, prompt + gen, checkpoint)
     fp = footprint(config, batch, prompt + gen, dtype, state_dtype or None)
     row = {"model_name": config.name, "n_params": config.param_count(), "weight_bytes": fp.weights,
            "kv_bytes": fp.kv, "state_bytes": fp.mamba, "footprint_bytes": fp.total}
+    if config.learned_positions and prompt + gen > config.learned_positions:
+        return {**row, "status": "unsupported",
+                "reason": f"{config.name} has {config.learned_positions} learned positions; prompt + gen = "
+                          f"{prompt + gen}"}
     if budget_gib and fp.total > budget_gib * GIB:
         return {**row, "status": "oom",
                 "reason": f"weights + cache ({fp.total / GIB:.3g} GiB) exceed the stated budget of {budget_gib:g} GiB"}
@@ -290,7 +314,12 @@ def generation_case(model: str, impl: str = "ssmbench", batch: int = 1, prompt: 
         row["device_memory_bytes"] = torch.cuda.get_device_properties(dev).total_memory
     ids = torch.randint(0, config.vocab_size, (batch, prompt), generator=torch.Generator().manual_seed(seed)).to(dev)
     if impl == "ssmbench":
-        lm = build_model(config, ops=backends, dtype=dtype, device=device, seed=seed)
+        if checkpoint:
+            from .checkpoints import from_pretrained
+
+            lm = from_pretrained(checkpoint, ops=backends, dtype=dtype, device=device)
+        else:
+            lm = build_model(config, ops=backends, dtype=dtype, device=device, seed=seed)
         generator = Generator(lm, batch, prompt + gen, cuda_graphs=cuda_graphs and dev.type == "cuda",
                               state_dtype=state_dtype or None)
         row.update(cache_bytes=generator.cache.nbytes, cuda_graphs=generator.cuda_graphs)
@@ -299,7 +328,7 @@ def generation_case(model: str, impl: str = "ssmbench", batch: int = 1, prompt: 
             result = generator.generate(ids, gen)
             return result.prefill_s, result.decode_s
     else:
-        hf = hf_model(config, dtype, device, seed)
+        hf = hf_checkpoint(checkpoint, dtype, device) if checkpoint else hf_model(config, dtype, device, seed)
 
         def once():
             _sync(dev)

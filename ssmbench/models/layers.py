@@ -23,9 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import api
-
-OP_FIELDS = ("selective_scan", "ssd", "causal_conv1d", "causal_conv1d_update", "selective_state_update",
-             "attention")
+from ..impls.registry import OP_NAMES
 
 
 @dataclass(frozen=True)
@@ -55,9 +53,9 @@ class OpBackends:
                     raise ValueError(f"backends: expected op=backend[,op=backend...], got {item!r}")
                 pairs[op.strip()] = name.strip()
             spec = pairs
-        bad = sorted(set(spec) - set(OP_FIELDS))
+        bad = sorted(set(spec) - set(OP_NAMES))
         if bad:
-            raise ValueError(f"backends: unknown op(s) {', '.join(bad)}; known: {', '.join(OP_FIELDS)}")
+            raise ValueError(f"backends: unknown op(s) {', '.join(bad)}; known: {', '.join(OP_NAMES)}")
         return replace(cls(), **spec)
 
     def text(self) -> str:
@@ -93,12 +91,13 @@ def make_norm(kind: str, dim: int, eps: float = 1e-5) -> nn.Module:
 
 
 class MLP(nn.Module):
-    """GPT-style GELU (d -> d_ff -> d) or Llama-style SwiGLU (silu(x W1) * x W3, then W2)."""
+    """GPT-style GELU (d -> d_ff -> d; "gelu_tanh": the tanh approximation, GPT-2's gelu_new) or
+    Llama-style SwiGLU (silu(x W1) * x W3, then W2)."""
 
     def __init__(self, dim: int, d_ff: int, kind: str = "gelu", bias: bool = False):
         super().__init__()
-        if kind not in ("gelu", "swiglu"):
-            raise ValueError(f"mlp must be 'gelu' or 'swiglu', got {kind!r}")
+        if kind not in ("gelu", "gelu_tanh", "swiglu"):
+            raise ValueError(f"mlp must be 'gelu', 'gelu_tanh' or 'swiglu', got {kind!r}")
         self.kind = kind
         self.up = nn.Linear(dim, d_ff * (2 if kind == "swiglu" else 1), bias=bias)
         self.down = nn.Linear(d_ff, dim, bias=bias)
@@ -109,7 +108,7 @@ class MLP(nn.Module):
             gate, up = h.chunk(2, dim=-1)
             h = F.silu(gate) * up
         else:
-            h = F.gelu(h)
+            h = F.gelu(h, approximate="tanh" if self.kind == "gelu_tanh" else "none")
         return self.down(h)
 
 
@@ -267,11 +266,11 @@ def _dt_bias(n: int, dt_min=1e-3, dt_max=1e-1) -> torch.Tensor:
 class MambaMixer(nn.Module):
     """Mamba-1 selective SSM block ([M1] Fig. 3): in_proj to x and z, depthwise causal conv + silu
     on x, x_proj to (dt, B, C), dt_proj to d_inner, selective scan with D skip and silu(z) gate,
-    out_proj. ``inner_norms`` adds Jamba's RMSNorms on dt, B and C."""
+    out_proj. ``inner_norms`` adds Jamba's RMSNorms on dt, B and C (epsilon ``eps``, the model's)."""
 
     def __init__(self, dim: int, d_state: int = 16, d_conv: int = 4, expand: int = 2,
                  dt_rank: int | None = None, conv_bias: bool = True, bias: bool = False,
-                 inner_norms: bool = False):
+                 inner_norms: bool = False, eps: float = 1e-6):
         super().__init__()
         self.d_inner, self.d_state, self.d_conv = expand * dim, d_state, d_conv
         self.dt_rank = dt_rank or math.ceil(dim / 16)
@@ -285,7 +284,7 @@ class MambaMixer(nn.Module):
         self.A_log = nn.Parameter(torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(di, 1))
         self.D = nn.Parameter(torch.ones(di))
         self.out_proj = nn.Linear(di, dim, bias=bias)
-        self.inner_norms = nn.ModuleList([RMSNorm(n, 1e-6) for n in (self.dt_rank, d_state, d_state)]) \
+        self.inner_norms = nn.ModuleList([RMSNorm(n, eps) for n in (self.dt_rank, d_state, d_state)]) \
             if inner_norms else None
 
     def _dt_b_c(self, xc: torch.Tensor):
@@ -332,10 +331,11 @@ class MambaMixer(nn.Module):
 class Mamba2Mixer(nn.Module):
     """Mamba-2 block ([M2] Fig. 6): one in_proj to (z, x, B, C, dt), depthwise causal conv + silu
     over (x, B, C), SSD with one scalar decay per head, D skip, gated RMSNorm (per group) with
-    silu(z), out_proj."""
+    silu(z) (epsilon ``eps``, the model's), out_proj."""
 
     def __init__(self, dim: int, d_state: int = 128, d_conv: int = 4, expand: int = 2, headdim: int = 64,
-                 ngroups: int = 1, chunk_size: int = 256, conv_bias: bool = True, bias: bool = False):
+                 ngroups: int = 1, chunk_size: int = 256, conv_bias: bool = True, bias: bool = False,
+                 eps: float = 1e-5):
         super().__init__()
         self.d_inner = expand * dim
         if self.d_inner % headdim:
@@ -349,7 +349,7 @@ class Mamba2Mixer(nn.Module):
         self.dt_bias = nn.Parameter(_dt_bias(self.nheads))
         self.A_log = nn.Parameter(torch.log(torch.rand(self.nheads) * 15 + 1))
         self.D = nn.Parameter(torch.ones(self.nheads))
-        self.norm = RMSNorm(self.d_inner, 1e-5, group_size=self.d_inner // ngroups)
+        self.norm = RMSNorm(self.d_inner, eps, group_size=self.d_inner // ngroups)
         self.out_proj = nn.Linear(self.d_inner, dim, bias=bias)
 
     def _split(self, zxbcdt: torch.Tensor):

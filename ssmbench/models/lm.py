@@ -1,7 +1,8 @@
 """Language models built from a :class:`ModelConfig`: embeddings, the config's layer pattern of
 pre-norm residual blocks (attention or Mamba mixer, then an MLP or mixture of experts where the
-config has one), a final norm and the LM head. Weights are random (seeded): the suites measure
-speed and memory, which do not depend on training.
+config has one; GPT-NeoX's parallel residual), a final norm and the LM head. :func:`build_model`
+draws random weights (seeded): speed and memory do not depend on training;
+:func:`~.checkpoints.from_pretrained` loads a checkpoint's.
 
 Three entry points share the weights:
 
@@ -23,29 +24,28 @@ from torch import nn
 from ..impls.base import dtype_name, parse_dtype
 from .cache import KVCache, MambaState, ModelCache, build_cache
 from .configs import ModelConfig
-from .layers import MLP, OP_FIELDS, Attention, Mamba2Mixer, MambaMixer, MoE, OpBackends, make_norm
+from .layers import MLP, OP_NAMES, Attention, Mamba2Mixer, MambaMixer, MoE, OpBackends, make_norm
 
 
 def make_mixer(config: ModelConfig, layer: int) -> nn.Module:
     if config.mixer(layer) == "attention":
-        # Rotary embeddings unless the model has learned positions (GPT-3) or Mamba layers, which
-        # carry position themselves (Jamba's attention layers have no positional encoding).
-        rotary = 0 if config.learned_positions or config.mamba_layers else config.head_dim
         return Attention(config.d_model, config.n_heads, config.n_kv_heads, config.head_dim,
-                         rotary_dim=rotary, rope_theta=config.rope_theta, bias=config.bias)
+                         rotary_dim=config.rotary_dim, rope_theta=config.rope_theta, bias=config.bias)
     m = config.mamba
     if m.version == 1:
         return MambaMixer(config.d_model, m.d_state, m.d_conv, m.expand, config.dt_rank,
-                          conv_bias=m.conv_bias, bias=m.proj_bias, inner_norms=m.inner_norms)
+                          conv_bias=m.conv_bias, bias=m.proj_bias, inner_norms=m.inner_norms, eps=config.norm_eps)
     return Mamba2Mixer(config.d_model, m.d_state, m.d_conv, m.expand, m.headdim, m.ngroups, m.chunk_size,
-                       conv_bias=m.conv_bias, bias=m.proj_bias)
+                       conv_bias=m.conv_bias, bias=m.proj_bias, eps=config.norm_eps)
 
 
 class Block(nn.Module):
-    """x + mixer(norm(x)), then x + mlp(norm(x)) where the layer has an MLP or experts."""
+    """x + mixer(norm(x)), then x + mlp(norm(x)) where the layer has an MLP or experts; with
+    ``parallel_residual``, x + mixer(norm(x)) + mlp(norm'(x)), both reading the block's input."""
 
     def __init__(self, config: ModelConfig, layer: int):
         super().__init__()
+        self.parallel = config.parallel_residual
         self.norm = make_norm(config.norm, config.d_model, config.norm_eps)
         self.mixer = make_mixer(config, layer)
         self.mlp = None
@@ -55,14 +55,19 @@ class Block(nn.Module):
                             config.router_renormalise)
                         if config.is_moe(layer) else MLP(config.d_model, config.d_ff, config.mlp, config.bias))
 
-    def _mlp(self, x):
-        return x if self.mlp is None else x + self.mlp(self.mlp_norm(x))
+    def _residual(self, x, mixed):
+        if self.mlp is None:
+            return x + mixed
+        if self.parallel:
+            return x + mixed + self.mlp(self.mlp_norm(x))
+        h = x + mixed
+        return h + self.mlp(self.mlp_norm(h))
 
     def forward(self, x, ops, state=None, pos=0):
-        return self._mlp(x + self.mixer(self.norm(x), ops, state, pos))
+        return self._residual(x, self.mixer(self.norm(x), ops, state, pos))
 
     def step(self, x, ops, state, pos):
-        return self._mlp(x + self.mixer.step(self.norm(x), ops, state, pos))
+        return self._residual(x, self.mixer.step(self.norm(x), ops, state, pos))
 
 
 class LanguageModel(nn.Module):
@@ -162,14 +167,14 @@ class LanguageModel(nn.Module):
 
     @property
     def op_names(self) -> tuple[str, ...]:
-        """The ops this model's layers call (prefill and decode), in OP_FIELDS order."""
+        """The ops this model's layers call (prefill and decode), in OP_NAMES order."""
         used = set()
         if self.config.attention_layers:
             used.add("attention")
         if self.config.mamba_layers:
             used |= {"selective_scan" if self.config.mamba.version == 1 else "ssd", "causal_conv1d",
                      "causal_conv1d_update", "selective_state_update"}
-        return tuple(op for op in OP_FIELDS if op in used)
+        return tuple(op for op in OP_NAMES if op in used)
 
     @property
     def step_uses_position(self) -> bool:

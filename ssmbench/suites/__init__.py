@@ -6,7 +6,8 @@ from functools import cache
 
 from .base import Case, Suite, Verdict
 
-SUITE_NAMES = ("scaling", "ssd_speedup", "jamba_cache", "kernels", "peers", "generation", "jamba_throughput")
+SUITE_NAMES = ("scaling", "ssd_speedup", "jamba_cache", "kernels", "peers", "generation", "jamba_throughput",
+               "training")
 
 
 def available_suites() -> list[str]:

@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from ..harness.stats import CONFIDENCE, Fit, loglog_fit, speedup  # noqa: F401 - the suites' vocabulary
+from ..harness.stats import CONFIDENCE, Fit, bootstrap_medians, loglog_fit, speedup  # noqa: F401 - the suites' vocabulary
 from ..impls.registry import backends, get_op
 from .base import Case
 
@@ -119,8 +119,7 @@ def timed(rows: pd.DataFrame) -> pd.DataFrame:
 def device_label(rows: pd.DataFrame, manifest: dict | None = None) -> str:
     """Where the rows were measured, in words; a CPU run never reads as a GPU number."""
     env = (manifest or {}).get("environment", {})
-    on_gpu = "device" in rows and (rows["device"] == "cuda").any()
-    if on_gpu:
+    if on_gpu(rows):
         name = _first(rows, "gpu_name") or env.get("gpu_name") or "unknown GPU"
         return f"GPU: {name}"
     cpu = _first(rows, "cpu_model") or env.get("cpu_model") or "unknown CPU"
@@ -209,6 +208,77 @@ def crossover(a: pd.Series, b: pd.Series) -> Crossover:
     return Crossover("crossed", float(np.exp(at)), tuple(lengths), tuple(ratio))
 
 
+def faster_at_longest(fast: pd.DataFrame, slow: pd.DataFrame) -> dict | None:
+    """At the longest L timed in both (rows with ``L``, ``median_ms`` and ``samples_ms``): the
+    fastest row of each, and time(slow) / time(fast) with its bootstrap interval; None with no
+    common L."""
+    common_L = sorted(set(fast["L"]) & set(slow["L"])) if len(fast) and len(slow) else []
+    if not common_L:
+        return None
+    L = common_L[-1]
+    a = fast[fast["L"] == L].sort_values("median_ms").iloc[0]
+    b = slow[slow["L"] == L].sort_values("median_ms").iloc[0]
+    ratio, low, high = speedup(b["samples_ms"], a["samples_ms"])
+    return {"L": int(L), "fast": a["backend"], "slow": b["backend"], "ratio": ratio, "low": low, "high": high}
+
+
+# Verdicts.
+def interval_verdict(low: float, high: float, at_least: float) -> str:
+    """"holds" when the interval lies at or above ``at_least``, "does not hold" when it lies
+    below, "undecided" when it straddles it or there is none (NaN): a verdict flips only on an
+    interval that decides."""
+    if math.isnan(low) or math.isnan(high):
+        return "undecided"
+    return "holds" if low >= at_least else "does not hold" if high < at_least else "undecided"
+
+
+def all_of(verdicts: Iterable[str]) -> str:
+    """The verdict of a claim that needs every part to hold: one part that does not hold decides
+    it, then one undecided part."""
+    verdicts = list(verdicts)
+    return next((v for v in ("does not hold", "undecided") if v in verdicts), "holds")
+
+
+def on_gpu(rows: pd.DataFrame) -> bool:
+    return "device" in rows and bool((rows["device"] == "cuda").any())
+
+
+@dataclass(frozen=True)
+class CrossoverInterval:
+    """A percentile bootstrap interval of a crossover length: each length's raw samples of each
+    series resampled, the medians' crossover found again. ``share``: the fraction of resamples
+    whose crossover has the point estimate's status and a length (the rest give none)."""
+
+    low: float | None
+    high: float | None
+    share: float
+
+    def describe(self) -> str:
+        if self.low is None:
+            return "no interval (no resample gives a length)"
+        return f"[{self.low:,.0f}, {self.high:,.0f}] ({self.share:.0%} of resamples)"
+
+
+def crossover_interval(a: Mapping[float, Sequence[float]], b: Mapping[float, Sequence[float]],
+                       confidence: float = CONFIDENCE, resamples: int = 1000, seed: int = 0) -> CrossoverInterval:
+    """``a``, ``b``: raw times by length. See :class:`CrossoverInterval`."""
+    rng = np.random.default_rng(seed)
+    point = crossover(pd.Series({L: np.median(s) for L, s in a.items()}),
+                      pd.Series({L: np.median(s) for L, s in b.items()}))
+    boot_a = {L: bootstrap_medians(s, resamples, rng) for L, s in a.items()}
+    boot_b = {L: bootstrap_medians(s, resamples, rng) for L, s in b.items()}
+    lengths = []
+    for i in range(resamples):
+        c = crossover(pd.Series({L: m[i] for L, m in boot_a.items()}), pd.Series({L: m[i] for L, m in boot_b.items()}))
+        if c.status == point.status and c.length is not None:
+            lengths.append(c.length)
+    if not lengths:
+        return CrossoverInterval(None, None, 0.0)
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.percentile(lengths, [tail, 100 - tail])
+    return CrossoverInterval(float(low), float(high), len(lengths) / resamples)
+
+
 def _extrapolate(a: pd.Series, b: pd.Series, beyond: float, reach: float = 256) -> float | None:
     """Where the power laws fitted to the upper halves of a and b meet, if beyond ``beyond``
     and within ``reach`` times it (further out, the meeting point is the fit's noise)."""
@@ -221,8 +291,9 @@ def _extrapolate(a: pd.Series, b: pd.Series, beyond: float, reach: float = 256) 
     fa, fb = fits
     if fb.slope <= fa.slope:
         return None
-    length = math.exp((fa.intercept - fb.intercept) / (fb.slope - fa.slope))
-    return length if beyond < length <= reach * beyond else None
+    # In logs: nearly parallel lines meet beyond any float.
+    log_length = (fa.intercept - fb.intercept) / (fb.slope - fa.slope)
+    return math.exp(log_length) if math.log(beyond) < log_length <= math.log(reach * beyond) else None
 
 
 # Figures.
@@ -257,6 +328,12 @@ def gib(n: float) -> str:
 
 
 # Suite plumbing.
+def text(value) -> str:
+    """A row's text field, "" where the row has none (a column other rows of the run filled
+    reads NaN in this one)."""
+    return value if isinstance(value, str) else ""
+
+
 def presets(cases_of: Callable[[Any], list[Case]], settings: Mapping[str, Any]) -> dict[str, Callable[[], list[Case]]]:
     """Suite.presets from a settings table: preset name -> the cases of its setting."""
     return {name: partial(cases_of, setting) for name, setting in settings.items()}

@@ -29,9 +29,25 @@ PAPER_RATIO = 4.0  # "4-5x": the claim holds from its lower end
 
 @dataclass(frozen=True)
 class Model:
-    config: str  # a name in models.configs.MODELS
+    config: str  # a name in models.configs.MODELS, or a checkpoint's name
     impl: str = "ssmbench"  # or "hf"
     batches: tuple[int, ...] = ()  # () = the setting's
+    checkpoint: str = ""  # a checkpoint folder or hub id: its weights, at its own shape
+
+    @classmethod
+    def of_checkpoint(cls, path_or_id: str, impl: str = "ssmbench") -> "Model":
+        """The model of a checkpoint, labelled by its name; its config is read now, so that a
+        missing or unsupported checkpoint is refused before any case runs."""
+        from ..models.checkpoints import checkpoint_name, read_config
+
+        read_config(path_or_id)
+        return cls(checkpoint_name(path_or_id), impl, checkpoint=str(path_or_id))
+
+    def params(self) -> dict:
+        """The case parameters that say which model: a checkpoint keeps its own shape."""
+        if self.checkpoint:
+            return {"model": self.config, "impl": self.impl, "checkpoint": self.checkpoint}
+        return {"model": self.config, "impl": self.impl}
 
     @property
     def series(self) -> str:
@@ -40,6 +56,7 @@ class Model:
 
 @dataclass(frozen=True)
 class Comparison:
+    claim_id: str
     claim: str
     fast: str  # series
     slow: str
@@ -69,6 +86,27 @@ class Setting:
                 f"{self.dtype}; {self.repeats} repeats averaged")
 
 
+def shown(series: str, scale: int = 1, layers: int = 0) -> str:
+    """A series named as it ran: "Mamba-1.4B (ours)" at widths / 8 is "Mamba-1.4B /8 width (ours)",
+    so that a scaled-down model is never read as the published one."""
+    cut = ", ".join(filter(None, (f"/{scale} width" if scale > 1 else "", f"{layers} layers" if layers else "")))
+    if not cut:
+        return series
+    name, sep, impl = series.partition(" (")
+    return f"{name} {cut}" + (f" ({impl}" if sep else "")
+
+
+def labelled(rows: pd.DataFrame) -> pd.DataFrame:
+    """``rows`` with each series named as it ran (:func:`shown`): for tables and figures."""
+    if rows.empty or "series" not in rows:
+        return rows
+
+    def size(column):
+        return rows[column].fillna(0).astype(int) if column in rows else pd.Series(0, index=rows.index)
+
+    return rows.assign(series=[shown(s, sc, la) for s, sc, la in zip(rows["series"], size("scale"), size("layers"))])
+
+
 MAMBA, TRANSFORMER = Model("Mamba-1.4B"), Model("Transformer-1.3B")
 HF = Model("Transformer-1.3B", "hf")
 SMALL_MAMBA, SMALL_TRANSFORMER = Model("Mamba-130M"), Model("Transformer-125M")
@@ -77,15 +115,18 @@ SMALL_HF = Model("Transformer-125M", "hf")
 
 def _main_comparisons(mamba: Model = MAMBA, ours: Model = TRANSFORMER, hf: Model = HF) -> tuple[Comparison, ...]:
     return (
-        Comparison("C2: Mamba's generation throughput is 4-5x a Transformer's (best batch; HF generate() "
+        Comparison("C2.throughput-vs-hf",
+                   "C2: Mamba's generation throughput is 4-5x a Transformer's (best batch; HF generate() "
                    "baseline, as the paper's)", mamba.series, hf.series, "4-5x", PAPER_RATIO),
-        Comparison("C2: Mamba's generation throughput is 4-5x a Transformer's (best batch; our static-cache "
+        Comparison("C2.throughput-vs-ours",
+                   "C2: Mamba's generation throughput is 4-5x a Transformer's (best batch; our static-cache "
                    "Transformer with CUDA graphs, a stronger baseline than the paper's)", mamba.series, ours.series,
                    "4-5x", PAPER_RATIO),
     )
 
 
-BIG = Comparison("C2: an (untrained) Mamba-6.9B has higher generation throughput than a Transformer-1.3B",
+BIG = Comparison("C2.mamba-6.9b-vs-transformer-1.3b",
+                 "C2: an (untrained) Mamba-6.9B has higher generation throughput than a Transformer-1.3B",
                  Model("Mamba-6.9B").series, TRANSFORMER.series, "higher (figure only)", 1.0)
 
 SETTINGS = {
@@ -108,22 +149,28 @@ SETTINGS = {
         models=(MAMBA, TRANSFORMER, HF, Model("Mamba-6.9B"), Model("Transformer-6.7B"),
                 Model("Transformer-6.7B", "hf")),
         comparisons=_main_comparisons() + (BIG,) + (
-            Comparison("C2: Mamba-6.9B's generation throughput is 4-5x Transformer-6.7B's (best batch; HF "
+            Comparison("C2.throughput-6.9b-vs-6.7b-hf",
+                       "C2: Mamba-6.9B's generation throughput is 4-5x Transformer-6.7B's (best batch; HF "
                        "generate())", Model("Mamba-6.9B").series, Model("Transformer-6.7B", "hf").series, "4-5x",
                        PAPER_RATIO),),
         timeout_s=900),
 }
 
 
-def cases(s: Setting) -> list[Case]:
+def cases(s: Setting, models: tuple[Model, ...] = ()) -> list[Case]:
     out = []
-    for model in s.models:
+    for model in models or s.models:
         for batch in model.batches or s.batches:
-            params = {"model": model.config, "impl": model.impl, "batch": batch, "prompt": s.prompt, "gen": s.gen,
-                      "dtype": s.dtype, "device": s.device, "scale": s.scale, "repeats": s.repeats,
-                      "budget_gib": s.budget_gib, "threads": s.threads, "backends": s.backends}
+            params = {**model.params(), "batch": batch, "prompt": s.prompt, "gen": s.gen,
+                      "dtype": s.dtype, "device": s.device, "scale": 1 if model.checkpoint else s.scale,
+                      "repeats": s.repeats, "budget_gib": s.budget_gib, "threads": s.threads, "backends": s.backends}
             out.append(Case(suite=NAME, fn=FN, params=params, series=model.series, timeout_s=s.timeout_s))
     return out
+
+
+def checkpoint_cases(preset: str, path_or_id: str) -> list[Case]:
+    """A checkpoint at the preset's setting, in our model and in transformers' (generate())."""
+    return cases(SETTINGS[preset], tuple(Model.of_checkpoint(path_or_id, impl) for impl in ("ssmbench", "hf")))
 
 
 # Analysis.
@@ -157,14 +204,36 @@ def ratio(best: pd.DataFrame, fast: str, slow: str) -> tuple[float, pd.Series, p
     return float(a["tokens/s"] / b["tokens/s"]), a, b
 
 
+def throughput_interval(a: pd.Series, b: pd.Series) -> tuple[float, float]:
+    """The 95% bootstrap interval of the throughput ratio of case row ``a`` over case row ``b``,
+    from each case's timed repeats (tokens/s = batch x gen / time per call); NaN where either
+    kept no repeats."""
+    if not isinstance(a.get("samples_ms"), list) or not isinstance(b.get("samples_ms"), list):
+        return np.nan, np.nan
+    _, low, high = common.speedup(b["samples_ms"], a["samples_ms"])
+    work = (a["batch"] * a["gen"]) / (b["batch"] * b["gen"])
+    return low * work, high * work
+
+
+def case_row(rows: pd.DataFrame, series: str, **fields) -> pd.Series:
+    """The ok row of ``series`` with ``fields`` (e.g. batch=8)."""
+    mine = ok_rows(rows)
+    mine = mine[mine["series"] == series]
+    for name, value in fields.items():
+        mine = mine[mine[name] == value]
+    return mine.iloc[0]
+
+
 def judge_comparisons(rows: pd.DataFrame, manifest: dict, comparisons, paper_setting: str) -> list[Verdict]:
     device = common.device_label(rows, manifest)
     on_cpu = not ("device" in rows and (rows["device"] == "cuda").any())
     setting = _setting_text(rows)
     best = best_batch(rows)
+    names = dict(zip(rows["series"], labelled(rows)["series"])) if "series" in rows else {}
     verdicts = []
     for c in comparisons:
-        base = dict(claim=c.claim, paper_setting=paper_setting, paper_value=c.paper_value, device=device,
+        base = dict(claim_id=c.claim_id, claim=c.claim, paper_setting=paper_setting, paper_value=c.paper_value,
+                    device=device,
                     setting=setting)
         r = ratio(best, c.fast, c.slow)
         if r is None:
@@ -172,14 +241,19 @@ def judge_comparisons(rows: pd.DataFrame, manifest: dict, comparisons, paper_set
                                     reason=_why_missing(rows, best, (c.fast, c.slow))))
             continue
         value, a, b = r
-        measured = (f"{value:.2f}x: {c.fast} {a['tokens/s']:,.1f} tokens/s at batch {int(a['best batch'])} vs "
-                    f"{c.slow} {b['tokens/s']:,.1f} tokens/s at batch {int(b['best batch'])}")
-        reason = f"holds when the best-batch throughput ratio is at least {c.threshold:g}x"
+        low, high = throughput_interval(case_row(rows, c.fast, batch=a["best batch"]),
+                                        case_row(rows, c.slow, batch=b["best batch"]))
+        measured = (f"{value:.2f}x [{low:.2f}, {high:.2f}]: {names.get(c.fast, c.fast)} {a['tokens/s']:,.1f} "
+                    f"tokens/s at batch "
+                    f"{int(a['best batch'])} vs {names.get(c.slow, c.slow)} {b['tokens/s']:,.1f} tokens/s at batch "
+                    f"{int(b['best batch'])}")
+        reason = (f"holds when the best-batch throughput ratio's 95% bootstrap interval (over the timed repeats) "
+                  f"lies at or above {c.threshold:g}x, does not hold when it lies below, otherwise undecided")
         if on_cpu:
             reason += ("; a CPU measurement of scaled-down models: decode there is bound by per-operation "
                        "overhead rather than the GPU memory traffic the paper's result rests on, so only the "
                        "ratio is judged")
-        verdicts.append(Verdict(**base, measured=measured, verdict="holds" if value >= c.threshold else "does not hold",
+        verdicts.append(Verdict(**base, measured=measured, verdict=common.interval_verdict(low, high, c.threshold),
                                 reason=reason))
     return verdicts
 
@@ -248,7 +322,7 @@ def memory_table(rows: pd.DataFrame, max_len_column: str = "prompt") -> pd.DataF
         first = group.iloc[0]
         max_len = int(first[max_len_column] + first["gen"])
         config = case_config(first["model"], int(first.get("scale", 1) or 1), int(first.get("layers", 0) or 0),
-                             int(first.get("vocab", 0) or 0), max_len)
+                             int(first.get("vocab", 0) or 0), max_len, common.text(first.get("checkpoint")))
         one = footprint(config, 1, max_len, first["dtype"])
         budget = float(first.get("budget_gib", 0) or 0) * GIB or _device_bytes(rows)
         checked = ok_rows(group)["equal"].dropna() if "equal" in group else pd.Series(dtype=bool)
@@ -269,6 +343,7 @@ def _device_bytes(rows: pd.DataFrame) -> float:
 
 
 def tables(rows: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    rows = labelled(rows)
     out = {"Generation throughput (tokens/s) by batch": throughput_table(rows),
            "Best batch of each model": best_batch(rows),
            "Memory: weights + cache, exact bytes": memory_table(rows),
@@ -286,7 +361,7 @@ def throughput_figure(rows: pd.DataFrame, path: Path, x: str, xlabel: str, title
 
 
 def figures(rows: pd.DataFrame, folder: Path) -> list[Path]:
-    png = throughput_figure(rows, Path(folder) / "generation_throughput.png", "batch", "batch size",
+    png = throughput_figure(labelled(rows), Path(folder) / "generation_throughput.png", "batch", "batch size",
                             f"C2: generation throughput vs batch ({common.device_label(rows)})")
     return [png] if png else []
 
@@ -295,5 +370,6 @@ SUITE = Suite(
     name=NAME,
     description="C2: generation throughput of Mamba vs a Transformer (ours and Hugging Face) by batch",
     presets=common.presets(cases, SETTINGS),
-    judge=judge, figures=figures, tables=tables,
+    judge=judge, figures=figures, tables=tables, checkpoint_cases=checkpoint_cases,
+    figure_of={c.claim_id: ("generation_throughput.png",) for s in SETTINGS.values() for c in s.comparisons},
 )

@@ -140,6 +140,7 @@ def judge(rows: pd.DataFrame, manifest: dict) -> list[Verdict]:
     at_table = t1["built == formula"].dropna()
     table_ok = bool(t1["formula == paper"].all()) and bool(at_table.all())
     verdicts = [Verdict(
+        claim_id="C4.table1",
         claim="C4: Table 1, KV cache at 256K tokens: Llama-2 128, Mistral 32, Mixtral 32, Jamba 4 GiB",
         paper_setting=PAPER_SETTING, paper_value="128 / 32 / 32 / 4 GiB", device=device,
         setting="formula from the configs; caches built at full width (meta device) at 2^18 tokens",
@@ -149,7 +150,8 @@ def judge(rows: pd.DataFrame, manifest: dict) -> list[Verdict]:
                "built at 2^18 tokens allocates the formula's bytes" + ("" if len(at_table) else
                                                                         " (no built cache at 2^18 in this run)"))]
     if m.empty:
-        verdicts.append(Verdict(claim="C4: allocated cache bytes equal the formula to the byte",
+        verdicts.append(Verdict(claim_id="C4.cache-bytes-exact",
+                                claim="C4: allocated cache bytes equal the formula to the byte",
                                 paper_setting=PAPER_SETTING, paper_value="(formula)", device=device, setting="",
                                 measured="no cache was built", verdict="not measured",
                                 reason="the measure_cache cases did not run or failed"))
@@ -157,7 +159,7 @@ def judge(rows: pd.DataFrame, manifest: dict) -> list[Verdict]:
     failed = rows[rows["status"] != "ok"]
     settings = ", ".join(f"{d} at width/{int(k)}" for d, k in m.groupby(["device", "divisor"]).groups)
     verdicts.append(Verdict(
-        claim="C4: allocated cache bytes equal the formula to the byte",
+        claim_id="C4.cache-bytes-exact", claim="C4: allocated cache bytes equal the formula to the byte",
         paper_setting=PAPER_SETTING, paper_value="(formula)", device=device,
         setting=f"{settings}; contexts {int(m['context'].min())}..{int(m['context'].max())}",
         measured=f"{int(m['equal'].sum())} of {len(m)} caches equal (KV as Table 1 counts it, KV with the "
@@ -168,6 +170,7 @@ def judge(rows: pd.DataFrame, manifest: dict) -> list[Verdict]:
                "bytes equal their closed forms"))
     ratios = _ratios(m)
     verdicts.append(Verdict(
+        claim_id="C4.kv-cache-8x",
         claim="C4: Jamba's KV cache is 8x smaller than a vanilla Transformer's (32 -> 4 attention layers)",
         paper_setting=PAPER_SETTING, paper_value="8x (32 GiB vs 4 GiB at equal KV heads)", device=device,
         setting="Mistral-7B (32 attention layers, 8 KV heads) against Jamba (4 of 32, 8 KV heads), same width",
@@ -237,4 +240,5 @@ SUITE = Suite(
     description="C4: KV cache of Jamba against Llama-2, Mistral and Mixtral (Table 1), formula and built caches",
     presets=PRESETS, judge=judge, figures=figures, tables=tables,
     extra={"paper_values": paper_values, "paper_tables": paper_tables},
+    figure_of={c: ("jamba_cache.png",) for c in ("C4.table1", "C4.cache-bytes-exact", "C4.kv-cache-8x")},
 )

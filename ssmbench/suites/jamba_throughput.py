@@ -20,7 +20,8 @@ from ..models.configs import get_model
 from ..models.generate import GIB, case_config, footprint, max_context
 from . import common
 from .base import Case, Suite, Verdict
-from .generation import FN, Model, best_batch, case_table, memory_table, ok_rows, throughput_figure, throughput_table
+from .generation import (FN, Model, best_batch, case_row, case_table, labelled, memory_table, ok_rows,
+                         throughput_figure, throughput_interval, throughput_table)
 
 NAME = "jamba_throughput"
 JAMBA, MIXTRAL, DENSE = Model("Jamba-v0.1"), Model("Mixtral-8x7B"), Model("Llama-2-7B")
@@ -66,16 +67,23 @@ SETTINGS = {
 }
 
 
-def cases(s: Setting) -> list[Case]:
+def cases(s: Setting, models: tuple[Model, ...] = ()) -> list[Case]:
     wanted = [(1, c) for c in s.contexts] + [(b, s.batch_context) for b in s.batches]
     out = []
-    for model in s.models:
+    for model in models or s.models:
+        # A checkpoint keeps its own shape.
+        shape = {"scale": 1, "layers": 0} if model.checkpoint else {"scale": s.scale, "layers": s.layers}
         for batch, context in dict.fromkeys(wanted):  # the sweeps share (1, batch_context)
-            params = {"model": model.config, "impl": "ssmbench", "batch": batch, "prompt": context, "gen": s.gen,
-                      "dtype": s.dtype, "device": s.device, "scale": s.scale, "layers": s.layers,
+            params = {**model.params(), "batch": batch, "prompt": context, "gen": s.gen,
+                      "dtype": s.dtype, "device": s.device, **shape,
                       "repeats": s.repeats, "budget_gib": s.budget_gib, "threads": s.threads}
             out.append(Case(suite=NAME, fn=FN, params=params, series=model.series, timeout_s=s.timeout_s))
     return out
+
+
+def checkpoint_cases(preset: str, path_or_id: str) -> list[Case]:
+    """A checkpoint in our model at the preset's context and batch sweeps."""
+    return cases(SETTINGS[preset], (Model.of_checkpoint(path_or_id),))
 
 
 # Analysis: the sweeps are read from the rows (the context sweep at the smallest batch, the batch
@@ -100,9 +108,8 @@ def _ratio_at_longest(rows: pd.DataFrame, fast: str, slow: str):
     if not common_contexts:
         return None
     L = common_contexts[-1]
-    ta = a[a["prompt"] == L]["tokens_per_s"].iloc[0]
-    tb = b[b["prompt"] == L]["tokens_per_s"].iloc[0]
-    return L, ta / tb, ta, tb
+    ra, rb = a[a["prompt"] == L].iloc[0], b[b["prompt"] == L].iloc[0]
+    return L, ra["tokens_per_s"] / rb["tokens_per_s"], ra, rb
 
 
 def judge(rows: pd.DataFrame, manifest: dict) -> list[Verdict]:
@@ -118,21 +125,26 @@ def judge(rows: pd.DataFrame, manifest: dict) -> list[Verdict]:
             + f"; {first['dtype']}; generate {int(first['gen'])}")
     verdicts = []
 
-    base = dict(claim="C4: Jamba's generation throughput is about 3x Mixtral's at long context (batch 1)",
+    base = dict(claim_id="C4.throughput-long-context",
+                claim="C4: Jamba's generation throughput is about 3x Mixtral's at long context (batch 1)",
                 paper_setting=PAPER_SETTING, paper_value=PAPER_RATIO, device=device)
     r = _ratio_at_longest(rows, JAMBA.series, MIXTRAL.series)
     if r is None:
         verdicts.append(Verdict(**base, setting=size, measured="not measured", verdict="not measured",
                                 reason="no context ran for both Jamba and Mixtral at batch 1"))
     else:
-        L, value, ta, tb = r
+        L, value, ra, rb = r
+        low, high = throughput_interval(ra, rb)
         verdicts.append(Verdict(**base, setting=f"{size}; batch 1, context {L:,}",
-                                measured=f"{value:.2f}x ({ta:,.1f} vs {tb:,.1f} tokens/s)",
-                                verdict="holds" if value >= HOLDS_FROM else "does not hold",
-                                reason=f"holds when the ratio at the longest common context is at least "
-                                       f"{HOLDS_FROM:g}x" + cpu_note))
+                                measured=f"{value:.2f}x [{low:.2f}, {high:.2f}] ({ra['tokens_per_s']:,.1f} vs "
+                                         f"{rb['tokens_per_s']:,.1f} tokens/s)",
+                                verdict=common.interval_verdict(low, high, HOLDS_FROM),
+                                reason=f"holds when the ratio at the longest common context has its 95% bootstrap "
+                                       f"interval (over the timed repeats) at or above {HOLDS_FROM:g}x, does not hold "
+                                       f"when it lies below, otherwise undecided" + cpu_note))
 
-    base = dict(claim="C4: Jamba's generation throughput is about 3x Mixtral's at a fixed context, best batch",
+    base = dict(claim_id="C4.throughput-best-batch",
+                claim="C4: Jamba's generation throughput is about 3x Mixtral's at a fixed context, best batch",
                 paper_setting=PAPER_SETTING, paper_value=PAPER_RATIO, device=device)
     sweep = batch_sweep(rows)
     best = best_batch(sweep)
@@ -144,21 +156,25 @@ def judge(rows: pd.DataFrame, manifest: dict) -> list[Verdict]:
         a = best[best["series"] == JAMBA.series].iloc[0]
         b = best[best["series"] == MIXTRAL.series].iloc[0]
         value = a["tokens/s"] / b["tokens/s"]
+        low, high = throughput_interval(case_row(sweep, JAMBA.series, batch=a["best batch"]),
+                                        case_row(sweep, MIXTRAL.series, batch=b["best batch"]))
         context, batches = int(sweep["prompt"].iloc[0]), sorted(int(b) for b in sweep["batch"].unique())
         verdicts.append(Verdict(
             **base, setting=f"{size}; context {context:,}, batch {batches[0]}..{batches[-1]}",
-            measured=f"{value:.2f}x (Jamba {a['tokens/s']:,.1f} tokens/s at batch {int(a['best batch'])}, Mixtral "
+            measured=f"{value:.2f}x [{low:.2f}, {high:.2f}] (Jamba {a['tokens/s']:,.1f} tokens/s at batch "
+                     f"{int(a['best batch'])}, Mixtral "
                      f"{b['tokens/s']:,.1f} at batch {int(b['best batch'])}; Mixtral's batches not run: "
                      f"{b['batches not run']})",
-            verdict="holds" if value >= HOLDS_FROM else "does not hold",
-            reason=f"holds when the best-batch ratio is at least {HOLDS_FROM:g}x" + cpu_note))
+            verdict=common.interval_verdict(low, high, HOLDS_FROM),
+            reason=f"holds when the best-batch ratio has its 95% bootstrap interval (over the timed repeats) at or "
+                   f"above {HOLDS_FROM:g}x, does not hold when it lies below, otherwise undecided" + cpu_note))
 
     fits = published_context_table()
     jamba = fits[fits["model"] == JAMBA.config].iloc[0]
     mixtral = fits[fits["model"] == MIXTRAL.config].iloc[0]
     value = jamba["max context"] / mixtral["max context"]
     verdicts.append(Verdict(
-        claim="C4: Jamba fits 2x Mixtral's context on one 80 GB GPU (140K tokens)",
+        claim_id="C4.context-fits-80gb", claim="C4: Jamba fits 2x Mixtral's context on one 80 GB GPU (140K tokens)",
         paper_setting="1x 80 GB GPU; int8 weights ([J] §3.2)", paper_value="140K tokens; 2x Mixtral",
         device="exact byte accounting (no device)",
         setting="published shapes; 8-bit weights, 16-bit KV cache and Mamba states; batch 1; weights + cache "
@@ -189,7 +205,8 @@ def preset_context_table(rows: pd.DataFrame) -> pd.DataFrame:
     records = []
     for series, group in rows.groupby("series", sort=False):
         first = group.iloc[0]
-        config = case_config(first["model"], int(first.get("scale", 1) or 1), int(first.get("layers", 0) or 0))
+        config = case_config(first["model"], int(first.get("scale", 1) or 1), int(first.get("layers", 0) or 0),
+                             checkpoint=common.text(first.get("checkpoint")))
         budget = float(first.get("budget_gib", 0) or 0) * GIB
         if not budget and "device_memory_bytes" in group and group["device_memory_bytes"].notna().any():
             budget = float(group["device_memory_bytes"].dropna().iloc[0])
@@ -203,6 +220,7 @@ def preset_context_table(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def tables(rows: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    rows = labelled(rows)
     context = context_sweep(rows)
     batch = batch_sweep(rows)
     out = {
@@ -219,6 +237,7 @@ def tables(rows: pd.DataFrame) -> dict[str, pd.DataFrame]:
 
 
 def figures(rows: pd.DataFrame, folder: Path) -> list[Path]:
+    rows = labelled(rows)
     device = common.device_label(rows)
     out = [throughput_figure(context_sweep(rows), Path(folder) / "jamba_throughput_context.png", "prompt",
                              "context (prompt tokens)", f"C4: throughput vs context, batch 1 ({device})"),
@@ -231,5 +250,7 @@ SUITE = Suite(
     name=NAME,
     description="C4: generation throughput of a Jamba-style hybrid vs Mixtral-style MoE vs dense, by context and batch",
     presets=common.presets(cases, SETTINGS),
-    judge=judge, figures=figures, tables=tables,
+    judge=judge, figures=figures, tables=tables, checkpoint_cases=checkpoint_cases,
+    figure_of={"C4.throughput-long-context": ("jamba_throughput_context.png",),
+               "C4.throughput-best-batch": ("jamba_throughput_batch.png",)},
 )

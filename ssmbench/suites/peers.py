@@ -142,7 +142,8 @@ def judge(rows: pd.DataFrame, manifest: dict) -> list[Verdict]:
 
 def _speedup_verdict(op: str, r: pd.DataFrame, device: str, setting: str) -> Verdict:
     target = TARGET[op]
-    base = dict(claim=f"our best torch {WHAT[op]} is at least {target:g}x faster than the fastest peer at "
+    base = dict(claim_id=f"peers.{'scan' if op == 'selective_scan' else op}-speedup",
+                claim=f"our best torch {WHAT[op]} is at least {target:g}x faster than the fastest peer at "
                       f"L={TARGET_L}",
                 paper_setting=ISSUE_SETTING, paper_value=f">= {target:g}x", device=device, setting=setting)
     mine = r[r["op"] == op] if len(r) else r
@@ -153,16 +154,15 @@ def _speedup_verdict(op: str, r: pd.DataFrame, device: str, setting: str) -> Ver
     note = "" if at["L"] == TARGET_L else f"; measured at L={at['L']}, not the target's L={TARGET_L}"
     measured = (f"{at['peer']} / {at['ours']} at L={at['L']}: {at['speedup']:.2f}x [{at['ci_low']:.2f}, "
                 f"{at['ci_high']:.2f}] ({at['peer_ms']:.1f} ms vs {at['ours_ms']:.1f} ms)")
-    verdict = ("holds" if at["ci_low"] >= target else "does not hold" if at["ci_high"] < target
-               else "not measured")
-    return Verdict(**base, measured=measured, verdict=verdict,
+    return Verdict(**base, measured=measured, verdict=common.interval_verdict(at["ci_low"], at["ci_high"], target),
                    reason=f"holds when the 95% bootstrap interval of the fastest peer's median time over our "
                           f"fastest backend's lies at or above {target:g}x, does not hold when it lies below, "
                           f"and is undecided when it straddles {target:g}x; at the longest L both ran" + note)
 
 
 def _linear_verdict(t: pd.DataFrame, device: str) -> Verdict:
-    base = dict(claim="the time of our fastest torch scans grows linearly in L", paper_setting=ISSUE_SETTING,
+    base = dict(claim_id="peers.linear", claim="the time of our fastest torch scans grows linearly in L",
+                paper_setting=ISSUE_SETTING,
                 paper_value=f"log-log slope <= {LINEAR_MAX} from L=2048 to 8192", device=device,
                 setting="; ".join(filter(None, (_setting_text(t, op) for op in OPS))))
     fits = {}
@@ -180,7 +180,7 @@ def _linear_verdict(t: pd.DataFrame, device: str) -> Verdict:
     # slope above the bound is not evidence enough to reject, only to leave the claim open.
     holds = all((f.high if not math.isnan(f.high) else f.slope) <= LINEAR_MAX for f in fits.values())
     fails = any(not math.isnan(f.low) and f.low > LINEAR_MAX for f in fits.values())
-    verdict = ("does not hold" if fails else "not measured" if missing or not holds else "holds")
+    verdict = ("does not hold" if fails else "undecided" if not holds else "not measured" if missing else "holds")
     return Verdict(**base, measured=measured, verdict=verdict,
                    reason=f"holds when, for each op, the log-log slope of its fastest torch backend (at the longest "
                           f"L) over L >= {LINEAR_FROM} (else the upper half of the lengths) is at most {LINEAR_MAX}, "
@@ -245,4 +245,6 @@ SUITE = Suite(
     presets=common.presets(cases, SETTINGS),
     judge=judge, figures=figures, tables=tables,
     threads={name: s.threads for name, s in SETTINGS.items()},
+    figure_of={"peers.scan-speedup": ("peers_selective_scan.png",), "peers.ssd-speedup": ("peers_ssd.png",),
+               "peers.linear": ("peers_selective_scan.png", "peers_ssd.png")},
 )

@@ -190,16 +190,17 @@ def judge(rows: pd.DataFrame, manifest: dict) -> list[Verdict]:
         verdicts.append(_linear_verdict(op, what, mine, device, setting))
     verdicts.append(_quadratic_verdict(exps, _fastest_at_longest(a.times), device, setting))
     verdicts.append(_crossover_verdict(a, device, setting))
-    verdicts.append(_fused_verdict(a, device, setting))
+    gpu = common.on_gpu(rows)
+    verdicts.append(_fused_verdict(a, device, setting, gpu))
     verdicts.append(_decode_state_verdict(a.memory, device))
-    verdicts.append(_peak_verdict(a.peak, device, setting))
+    verdicts.append(_peak_verdict(a.peak, device, setting, gpu))
     return verdicts
 
 
 def _linear_verdict(op: str, what: str, mine: pd.DataFrame, device: str, setting: str) -> Verdict:
     claim = f"C1: {what} time grows linearly in L"
-    base = dict(claim=claim, paper_setting=PAPER_SETTING, paper_value="linear in L (figure only)",
-                device=device, setting=setting)
+    base = dict(claim_id=f"C1.{'scan' if op == 'selective_scan' else op}-linear", claim=claim,
+                paper_setting=PAPER_SETTING, paper_value="linear in L (figure only)", device=device, setting=setting)
     usable = mine[mine["ci_high"].notna()] if len(mine) else mine
     if usable.empty:
         return Verdict(**base, measured="no backend with 3+ timed lengths", verdict="not measured",
@@ -213,12 +214,12 @@ def _linear_verdict(op: str, what: str, mine: pd.DataFrame, device: str, setting
 
 def _decide(table: pd.DataFrame, below: pd.Series, above: pd.Series) -> tuple[str, str]:
     """(verdict, words) from per-backend tests: every backend passes -> holds; one clearly fails
-    -> does not hold; an interval straddling the bound -> not measured (too wide to decide)."""
+    -> does not hold; an interval straddling the bound -> undecided (measured, too wide to decide)."""
     if below.all():
         return "holds", ""
     if above.any():
         return "does not hold", f"; fails: {', '.join(table.loc[above, 'backend'])}"
-    return "not measured", (f"; interval too wide to decide for {', '.join(table.loc[~below, 'backend'])} "
+    return "undecided", (f"; interval too wide to decide for {', '.join(table.loc[~below, 'backend'])} "
                             "(noisy timings: rerun on an idle machine)")
 
 
@@ -231,27 +232,62 @@ def _fastest_at_longest(times: pd.DataFrame) -> set[tuple[str, str]]:
 
 
 def _quadratic_verdict(exps: pd.DataFrame, fastest: set, device: str, setting: str) -> Verdict:
-    base = dict(claim="C1: causal attention time grows quadratically in L, faster than the SSMs'",
+    base = dict(claim_id="C1.attention-quadratic",
+                claim="C1: causal attention time grows quadratically in L, faster than the SSMs'",
                 paper_setting=PAPER_SETTING, paper_value="quadratic in L (figure only)", device=device, setting=setting)
     att = exps[(exps["op"] == "attention") & exps["ci_low"].notna()] if len(exps) else exps
     ssm = exps[[(r.op, r.backend) in fastest for r in exps.itertuples()]] if len(exps) else exps
     if att.empty:
         return Verdict(**base, measured="no attention backend with 3+ timed lengths", verdict="not measured",
                        reason="an exponent interval needs at least 3 timed lengths")
-    top_ssm = ssm["exponent"].max() if len(ssm) else np.nan
-    apart = np.isnan(top_ssm) | (att["exponent"] >= top_ssm + MARGIN)
+    gaps = _gaps(att, ssm)
+    apart = pd.Series([all(g.low >= MARGIN for g in gaps[r.backend]) for r in att.itertuples()], index=att.index)
+    close = pd.Series([any(g.high < MARGIN for g in gaps[r.backend]) for r in att.itertuples()], index=att.index)
     verdict, detail = _decide(att, below=(att["ci_low"] >= QUADRATIC_MIN) & apart,
-                              above=(att["ci_high"] < QUADRATIC_MIN) | ~apart)
+                              above=(att["ci_high"] < QUADRATIC_MIN) | close)
     measured = _exponent_text(att) + (f"; fastest SSMs: {_exponent_text(ssm)}" if len(ssm) else "")
+    shown = [g.describe() for found in gaps.values() for g in found]
+    measured += f"; attention minus SSM exponent [95% CI]: {'; '.join(shown)}" if shown else ""
     return Verdict(**base, measured=measured, verdict=verdict,
                    reason=f"holds when every attention backend's exponent has its lower 95% bound at or above "
-                          f"{QUADRATIC_MIN} and exceeds the exponent of each SSM op's fastest backend (at the "
-                          f"longest L) by at least {MARGIN}; does not hold when one's upper bound is below "
-                          f"{QUADRATIC_MIN} or it is not {MARGIN} above those; otherwise undecided" + detail)
+                          f"{QUADRATIC_MIN} and, by the 95% interval of the difference, exceeds the exponent of each "
+                          f"SSM op's fastest backend (at the longest L) by at least {MARGIN}; does not hold when "
+                          f"one's upper bound is below {QUADRATIC_MIN} or the difference's upper bound is below "
+                          f"{MARGIN}; otherwise undecided" + detail)
+
+
+@dataclass(frozen=True)
+class Gap:
+    """Attention's exponent minus an SSM's, with the interval of the difference of two
+    independent estimates (half-widths added in quadrature); NaN where either has no interval."""
+
+    attention: str
+    ssm: str
+    value: float
+    low: float
+    high: float
+
+    def describe(self) -> str:
+        interval = "no interval" if np.isnan(self.low) else f"[{self.low:.2f}, {self.high:.2f}]"
+        return f"{self.attention} - {self.ssm}: {self.value:.2f} {interval}"
+
+
+def _gaps(att: pd.DataFrame, ssm: pd.DataFrame) -> dict[str, list[Gap]]:
+    """attention backend -> its Gap over each of the SSM rows."""
+    out = {}
+    for a in att.itertuples():
+        found = []
+        for s in ssm.itertuples():
+            half = float(np.hypot((a.ci_high - a.ci_low) / 2, (s.ci_high - s.ci_low) / 2))
+            value = a.exponent - s.exponent
+            found.append(Gap(f"{a.op}/{a.backend}", f"{s.op}/{s.backend}", value, value - half, value + half))
+        out[a.backend] = found
+    return out
 
 
 def _crossover_verdict(a: Analysis, device: str, setting: str) -> Verdict:
-    base = dict(claim="C1: the selective scan is faster than attention beyond a crossover length",
+    base = dict(claim_id="C1.scan-attention-crossover",
+                claim="C1: the selective scan is faster than attention beyond a crossover length",
                 paper_setting=PAPER_SETTING + "; fused scan vs causal FlashAttention-2",
                 paper_value="faster beyond L=2K; up to 7x at L=32K", device=device, setting=setting)
     rows = a.crossovers
@@ -261,13 +297,15 @@ def _crossover_verdict(a: Analysis, device: str, setting: str) -> Verdict:
                        reason="needs timed scan and attention rows at common lengths")
     c = scan.iloc[0]["result"]
     at_32k = _ratio_at(a, "selective_scan", 2**15)
+    last = common.faster_at_longest(a.times[a.times["op"] == "selective_scan"], a.times[a.times["op"] == "attention"])
     measured = (f"fastest scan vs fastest attention: crossover {c.describe()}; attention/scan time at "
-                f"L={int(c.lengths[-1])}: {c.ratios[-1]:.2f}x" + (f"; at L=32K: {at_32k:.2f}x" if at_32k else ""))
-    verdict = {"crossed": "holds", "always": "holds", "not reached": "does not hold"}.get(c.status, "not measured")
-    return Verdict(**base, measured=measured, verdict=verdict,
-                   reason="holds when the fastest scan becomes faster than the fastest attention within the "
-                          "measured lengths (crossover interpolated in log-log); the length itself is the "
-                          "device's, not the paper's")
+                f"L={last['L']}: {last['ratio']:.2f}x [{last['low']:.2f}, {last['high']:.2f}] ({last['slow']} / "
+                f"{last['fast']})" + (f"; at L=32K: {at_32k:.2f}x" if at_32k else ""))
+    return Verdict(**base, measured=measured, verdict=common.interval_verdict(last["low"], last["high"], 1.0),
+                   reason="holds when the fastest scan is faster than the fastest attention at the longest measured "
+                          "L (the time ratio's 95% bootstrap interval above 1; crossover interpolated in log-log), "
+                          "does not hold when the interval lies below 1, otherwise undecided; the length itself is "
+                          "the device's, not the paper's")
 
 
 def _ratio_at(a: Analysis, op: str, L: int) -> float | None:
@@ -293,26 +331,34 @@ def fused_speedup(a: Analysis) -> dict | None:
     return {"L": int(L), "fused": fast["backend"], "ratio": ratio, "low": low, "high": high}
 
 
-def _fused_verdict(a: Analysis, device: str, setting: str) -> Verdict:
-    base = dict(claim="C1: the fused scan is 20-40x faster than a standard PyTorch scan",
+def _fused_verdict(a: Analysis, device: str, setting: str, gpu: bool) -> Verdict:
+    base = dict(claim_id="C1.fused-vs-torch-scan",
+                claim="C1: the fused scan is 20-40x faster than a standard PyTorch scan",
                 paper_setting=PAPER_SETTING, paper_value="20-40x", device=device, setting=setting)
     result = fused_speedup(a)
     if result is None:
         scan = a.times[a.times["op"] == "selective_scan"]
         kinds = sorted(set(scan["backend"]))
-        return Verdict(**base, measured=f"scan backends timed: {', '.join(kinds) or 'none'}", verdict="not measured",
-                       reason=f"no fused scan kernel ({', '.join(common.fused('selective_scan'))}) was timed "
-                              "next to the torch scan on this device")
+        measured = f"scan backends timed: {', '.join(kinds) or 'none'}"
+        fused = ", ".join(common.fused("selective_scan"))
+        if not gpu:
+            return Verdict(**base, measured=measured, verdict="not applicable",
+                           reason="not applicable on this device: the speedup comes from kernel fusion on a GPU, "
+                                  "which keeps the (B, D, N) state in on-chip SRAM instead of writing every step's "
+                                  f"state to GPU memory; the fused kernels ({fused}) run on CUDA GPUs only")
+        return Verdict(**base, measured=measured, verdict="not measured",
+                       reason=f"no fused scan kernel ({fused}) was timed next to the torch scan on this device")
     r = result
-    holds = r["low"] >= 20
     return Verdict(**base, measured=f"torch / {r['fused']} at L={r['L']}: {r['ratio']:.1f}x "
                                     f"[{r['low']:.1f}, {r['high']:.1f}]",
-                   verdict="holds" if holds else "does not hold",
-                   reason="holds when the speedup's 95% bootstrap interval lies at or above 20x")
+                   verdict=common.interval_verdict(r["low"], r["high"], 20),
+                   reason="holds when the speedup's 95% bootstrap interval lies at or above 20x, does not hold "
+                          "when it lies below, otherwise undecided")
 
 
 def _decode_state_verdict(memory: pd.DataFrame, device: str) -> Verdict:
-    base = dict(claim="C1: an SSM's decode-step state is constant in L; a KV cache grows linearly",
+    base = dict(claim_id="C1.decode-state",
+                claim="C1: an SSM's decode-step state is constant in L; a KV cache grows linearly",
                 paper_setting="state (B, D, N) + conv state (B, D, d_conv) vs KV cache 2 x L x D per layer",
                 paper_value="constant vs linear", device=device)
     if memory.empty:
@@ -334,20 +380,24 @@ def _decode_state_verdict(memory: pd.DataFrame, device: str) -> Verdict:
                           "and every allocation equals its closed form to the byte")
 
 
-def _peak_verdict(peak: pd.DataFrame, device: str, setting: str) -> Verdict:
-    base = dict(claim="C1: the scan's memory grows linearly in L",
+def _peak_verdict(peak: pd.DataFrame, device: str, setting: str, gpu: bool) -> Verdict:
+    base = dict(claim_id="C1.scan-memory-linear", claim="C1: the scan's memory grows linearly in L",
                 paper_setting=PAPER_SETTING, paper_value="linear in L", device=device, setting=setting)
     scan = peak[peak["op"].isin(SSM_OPS) & peak["ci_high"].notna()] if len(peak) else peak
     if scan.empty:
+        if not gpu:
+            return Verdict(**base, measured="no peak-memory measurement", verdict="not applicable",
+                           reason="not applicable on this device: a call's peak memory is read from the CUDA "
+                                  "allocator's peak statistics, which a CPU has not; on a CPU run the decode-state "
+                                  "verdict (C1.decode-state) is the memory measurement")
         return Verdict(**base, measured="no peak-memory measurement", verdict="not measured",
-                       reason="peak memory per call is read from the CUDA allocator; on a CPU run the "
-                              "decode-state verdict above is the memory measurement")
-    bad = scan[scan["ci_high"] >= LINEAR_MAX]
+                       reason="no SSM backend has peak memory at 3+ timed lengths")
+    verdict, detail = _decide(scan, below=scan["ci_high"] < LINEAR_MAX, above=scan["ci_low"] >= LINEAR_MAX)
     text = "; ".join(f"{r.op}/{r.backend}: {r.fit.describe()}" for r in scan.itertuples())
-    return Verdict(**base, measured=f"peak-memory exponent [95% CI]: {text}",
-                   verdict="does not hold" if len(bad) else "holds",
+    return Verdict(**base, measured=f"peak-memory exponent [95% CI]: {text}", verdict=verdict,
                    reason=f"holds when every SSM backend's peak-memory exponent has its upper 95% bound below "
-                          f"{LINEAR_MAX}")
+                          f"{LINEAR_MAX}; does not hold when one's lower bound reaches {LINEAR_MAX}; otherwise "
+                          f"undecided" + detail)
 
 
 def _setting_text(rows: pd.DataFrame) -> str:
@@ -429,4 +479,7 @@ SUITE = Suite(
     judge=judge, figures=figures, tables=tables,
     extra={"paper_values": paper_values},
     threads={"cpu-small": common.CPU_THREADS},
+    figure_of={**{f"C1.{c}": ("scaling_time.png",) for c in ("scan-linear", "ssd-linear", "attention-quadratic",
+                                                             "scan-attention-crossover", "fused-vs-torch-scan")},
+               "C1.decode-state": ("scaling_memory.png",), "C1.scan-memory-linear": ("scaling_memory.png",)},
 )

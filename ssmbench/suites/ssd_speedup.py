@@ -164,40 +164,48 @@ def judge(rows: pd.DataFrame, manifest: dict) -> list[Verdict]:
 
 
 def _speedup_verdict(a: Analysis, base: dict) -> Verdict:
-    claim = dict(claim="C3: SSD is 2-8x faster than Mamba-1's selective scan at N=64", paper_value="2-8x", **base)
+    claim = dict(claim_id="C3.ssd-vs-scan", claim="C3: SSD is 2-8x faster than Mamba-1's selective scan at N=64",
+                 paper_value="2-8x", **base)
     s = a.speedups
     if s.empty:
         return Verdict(**claim, measured="scan and SSD not both timed at a common L", verdict="not measured",
                        reason="needs timed scan and SSD rows of the L sweep")
     text = "; ".join(f"L={r.L}: {r.speedup:.1f}x [{r.ci_low:.1f}, {r.ci_high:.1f}]" for r in s.itertuples())
     pairs = ", ".join(sorted({f"{r.scan} / {r.ssd}" for r in s.itertuples()}))
-    holds = bool((s["ci_low"] >= SPEEDUP_MIN).all())
+    words = [common.interval_verdict(r.ci_low, r.ci_high, SPEEDUP_MIN) for r in s.itertuples()]
+    verdict = common.all_of(words)
     above = s[s["speedup"] > 8]
-    return Verdict(**claim, measured=f"fastest scan / fastest SSD ({pairs}): {text}",
-                   verdict="holds" if holds else "does not hold",
+    return Verdict(**claim, measured=f"fastest scan / fastest SSD ({pairs}): {text}", verdict=verdict,
                    reason=f"holds when the speedup's 95% bootstrap interval lies at or above {SPEEDUP_MIN:g}x at "
-                          "every measured L" + (f"; above the paper's 8x at L={', '.join(map(str, above['L']))} (the "
+                          f"every measured L, does not hold when it lies below {SPEEDUP_MIN:g}x at one, otherwise "
+                          "undecided" + (f"; above the paper's 8x at L={', '.join(map(str, above['L']))} (the "
                                                 "scan here is not the paper's fused kernel)" if len(above) else ""))
 
 
 def _crossover_verdict(a: Analysis, base: dict) -> Verdict:
-    claim = dict(claim="C3: SSD becomes faster than attention beyond a crossover length",
+    claim = dict(claim_id="C3.ssd-attention-crossover",
+                 claim="C3: SSD becomes faster than attention beyond a crossover length",
                  paper_value="crosses FlashAttention-2 at L=2K; 6x faster at L=16K", **base)
     c = a.crossover
     if c is None or not c.lengths:
         return Verdict(**claim, measured="SSD and attention not both timed", verdict="not measured",
                        reason="needs timed SSD and attention rows of the L sweep")
     at_16k = dict(zip(c.lengths, c.ratios)).get(2**14)
+    lsweep = a.lsweep
+    last = common.faster_at_longest(lsweep[lsweep["op"] == "ssd"], lsweep[lsweep["op"] == "attention"])
     measured = (f"fastest SSD vs fastest attention: crossover {c.describe()}; attention/SSD time at "
-                f"L={int(c.lengths[-1])}: {c.ratios[-1]:.2f}x" + (f"; at L=16K: {at_16k:.2f}x" if at_16k else ""))
-    verdict = {"crossed": "holds", "always": "holds", "not reached": "does not hold"}[c.status]
-    return Verdict(**claim, measured=measured, verdict=verdict,
-                   reason="holds when SSD is faster than attention at the longest measured L (crossover "
-                          "interpolated in log-log); the length itself is the device's, not the paper's")
+                f"L={last['L']}: {last['ratio']:.2f}x [{last['low']:.2f}, {last['high']:.2f}] ({last['slow']} / "
+                f"{last['fast']})" + (f"; at L=16K: {at_16k:.2f}x" if at_16k else ""))
+    return Verdict(**claim, measured=measured, verdict=common.interval_verdict(last["low"], last["high"], 1.0),
+                   reason="holds when SSD is faster than attention at the longest measured L (the time ratio's 95% "
+                          "bootstrap interval above 1; crossover interpolated in log-log), does not hold when the "
+                          "interval lies below 1, otherwise undecided; the length itself is the device's, not the "
+                          "paper's")
 
 
 def _n_verdict(a: Analysis, base: dict) -> Verdict:
-    claim = dict(claim="C3: at fixed L, scan time grows linearly in N while SSD stays nearly flat",
+    claim = dict(claim_id="C3.state-size",
+                 claim="C3: at fixed L, scan time grows linearly in N while SSD stays nearly flat",
                  paper_value="scan linear in N; SSD nearly flat up to N=256 (L=4K)", **base)
     e = a.n_exponents
     fastest = e[e["backend"] == "fastest"].set_index("op") if len(e) else e
@@ -205,12 +213,16 @@ def _n_verdict(a: Analysis, base: dict) -> Verdict:
         return Verdict(**claim, measured="N sweep incomplete", verdict="not measured",
                        reason="needs 3+ timed state sizes of both the scan and SSD")
     scan, ssd = fastest.loc["selective_scan"], fastest.loc["ssd"]
-    holds = scan["exponent"] >= LINEAR_N_MIN and ssd["exponent"] <= FLAT_N_MAX and scan["ci_low"] > ssd["ci_high"]
+    # SSD's "at most FLAT_N_MAX" is the scan's rule mirrored: -exponent at least -FLAT_N_MAX.
+    words = (common.interval_verdict(scan["ci_low"], scan["ci_high"], LINEAR_N_MIN),
+             common.interval_verdict(-ssd["ci_high"], -ssd["ci_low"], -FLAT_N_MAX))
+    verdict = common.all_of(words)
     return Verdict(**claim, measured=f"exponent of time in N [95% CI], fastest backend at each N: "
                                      f"scan {scan['fit'].describe()}, SSD {ssd['fit'].describe()}",
-                   verdict="holds" if holds else "does not hold",
-                   reason=f"holds when the scan's exponent is at least {LINEAR_N_MIN}, SSD's at most {FLAT_N_MAX}, "
-                          "and the scan's lower 95% bound lies above SSD's upper bound")
+                   verdict=verdict,
+                   reason=f"holds when the scan's exponent has its lower 95% bound at or above {LINEAR_N_MIN} and "
+                          f"SSD's its upper bound at or below {FLAT_N_MAX}; does not hold when the scan's upper bound "
+                          f"is below {LINEAR_N_MIN} or SSD's lower bound above {FLAT_N_MAX}; otherwise undecided")
 
 
 # Report pieces.
@@ -280,4 +292,6 @@ SUITE = Suite(
     judge=judge, figures=figures, tables=tables,
     extra={"paper_values": paper_values},
     threads={"cpu-small": common.CPU_THREADS},
+    figure_of={"C3.ssd-vs-scan": ("ssd_speedup_L.png",), "C3.ssd-attention-crossover": ("ssd_speedup_L.png",),
+               "C3.state-size": ("ssd_speedup_N.png",)},
 )

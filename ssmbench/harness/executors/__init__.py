@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-from ...suites.base import Case
+from ..case import Case
 from ..runner import run_stream, status_row
 
 Rows = tuple[Case, list[dict]]

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from ...suites.base import Case
+from ..case import Case
 from . import Rows, StreamLost, gather, split
 
 

@@ -12,8 +12,8 @@ import uuid
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from ...suites.base import Case
-from ..store import append_synced, json_line
+from ..case import Case
+from ..store import JOB_LOGS, append_synced, json_line
 from . import Rows, StreamLost, gather, split
 
 
@@ -62,7 +62,7 @@ class SubmititExecutor:
         import submitit
 
         self.connect()
-        folder = Path(run_path) / "submitit"
+        folder = Path(run_path) / JOB_LOGS
         executor = submitit.AutoExecutor(folder=folder, cluster=self.cluster)
         gpus = 1 if any(c.params.get("device") == "cuda" for c in cases) else 0
         executor.update_parameters(**{"cpus_per_task": threads or 1, "timeout_min": 60,

@@ -1,6 +1,8 @@
 """torch's ``scaled_dot_product_attention``. "sdpa" lets torch choose the kernel; each sdpa_<kernel>
 variant forces one kernel with ``torch.nn.attention.sdpa_kernel`` and fails rather than let torch
-pick another, so its timings are that kernel's."""
+pick another, so its timings are that kernel's. "sdpa_flash_cpu" calls torch's CPU flash kernel
+itself: on the "meta" device SDPA always takes its math path (which saves the L x L weights for
+the backward), so only the direct call counts on meta what a CPU training step saves."""
 from __future__ import annotations
 
 import contextlib
@@ -63,6 +65,26 @@ def _cudnn_supported(p: AttentionProblem) -> list[str]:
     return ["the cuDNN kernel does not take a key/value length of 1"] if p.lk == 1 else []
 
 
+def flash_cpu(q, k, v, softmax_scale=None, causal=False):
+    """Shapes as ``ssmbench.attention``. Grouped-query heads are repeated to the query heads (the
+    kernel takes equal counts); a bottom-right causal mask goes in as an additive mask."""
+    lq, lk = q.shape[1], k.shape[1]
+    if causal and lq > lk:
+        rest = flash_cpu(q[:, lq - lk:], k, v, softmax_scale, causal)
+        return torch.cat([rest.new_zeros(q.shape[0], lq - lk, *rest.shape[2:]), rest], dim=1)
+    group = q.shape[2] // k.shape[2]
+    if group > 1:
+        k, v = k.repeat_interleave(group, dim=2), v.repeat_interleave(group, dim=2)
+    mask = None
+    if causal and lq != lk:
+        mask = torch.zeros(lq, lk, dtype=q.dtype, device=q.device).masked_fill(
+            ~causal_mask(lq, lk, q.device), -torch.inf)
+    out = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), 0.0, causal and mask is None,
+        attn_mask=mask, scale=softmax_scale)[0]
+    return out.transpose(1, 2)
+
+
 sdpa_math = partial(attention, kernel="MATH")
 sdpa_flash = partial(attention, kernel="FLASH_ATTENTION")
 sdpa_efficient = partial(attention, kernel="EFFICIENT_ATTENTION")
@@ -82,6 +104,10 @@ BACKENDS = [
             tolerances=TOLERANCES, check_available=_flash_available,
             check_supported=_flash_supported,
             description="torch SDPA forced to its FlashAttention-2 kernel"),
+    Backend(op="attention", name="sdpa_flash_cpu", has_backward=True, impl=f"{__name__}:flash_cpu",
+            kind="third-party", priority=-10, devices=("cpu",), tolerances=TOLERANCES,
+            description="torch's CPU flash-attention kernel called directly (saves q, k, v, out and the "
+                        "log-sum-exp for the backward; runs on the meta device too)"),
     Backend(op="attention", name="sdpa_efficient", has_backward=True, impl=f"{__name__}:sdpa_efficient", fused=True,
             kind="third-party", priority=-10, devices=("cuda",),
             dtypes=("float32",) + HALF, tolerances=TOLERANCES, check_supported=_efficient_supported,

@@ -45,7 +45,7 @@ def problem_of(kwargs: Mapping[str, Any]) -> CausalConv1dUpdateProblem:
     tokens = isinstance(x, torch.Tensor) and x.dim() == 3
     a.tensor("x", "b d l" if tokens else "b d", same_dtype=True)
     # The state is written in place, so it must hold exactly what x holds.
-    a.tensor("conv_state", "b d s", same_dtype=True)
+    a.tensor("conv_state", "b d s", same_dtype=True, may_be_empty="s")
     weights = check_weights(a)
     a.require(a.sizes["s"] >= a.sizes["w"] - 1,
               f"argument 'conv_state' must keep at least w - 1 = {a.sizes['w'] - 1} steps, "

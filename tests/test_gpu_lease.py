@@ -13,7 +13,7 @@ from ssmbench.impls import backends, get_op
 from ssmbench.suites import get_suite
 
 ROOT = Path(__file__).resolve().parents[1]
-CLAIMS = ("scaling", "ssd_speedup", "generation", "jamba_throughput", "jamba_cache")
+CLAIMS = ("scaling", "ssd_speedup", "generation", "jamba_throughput", "jamba_cache", "training")
 
 
 @pytest.mark.parametrize("name", CLAIMS)
@@ -50,6 +50,13 @@ def test_model_suites_let_auto_choose_the_third_party_kernels(name):
     for op, package in (("selective_scan", "mamba_ssm"), ("selective_state_update", "mamba_ssm"),
                         ("causal_conv1d", "causal_conv1d"), ("causal_conv1d_update", "causal_conv1d")):
         assert next(iter(backends(op))) == package
+
+
+def test_training_names_the_third_party_kernels_for_its_mamba_models():
+    cases = get_suite("training").cases(gpu_lease.PRESET)
+    mamba = {c.params["backends"] for c in cases if c.params["model"].startswith("Mamba")}
+    assert mamba == {"selective_scan=mamba_ssm,causal_conv1d=causal_conv1d",
+                     "ssd=mamba_ssm,causal_conv1d=causal_conv1d"}
 
 
 def test_generation_lease_uses_the_smallest_published_sizes():

@@ -13,7 +13,7 @@ from ssmbench.impls import backends, get_op
 from ssmbench.suites import get_suite
 
 ROOT = Path(__file__).resolve().parents[1]
-CLAIMS = ("scaling", "ssd_speedup", "generation", "jamba_throughput", "jamba_cache")
+CLAIMS = ("scaling", "ssd_speedup", "generation", "jamba_throughput", "jamba_cache", "training")
 
 
 @pytest.mark.parametrize("name", CLAIMS)
@@ -50,6 +50,13 @@ def test_model_suites_let_auto_choose_the_third_party_kernels(name):
     for op, package in (("selective_scan", "mamba_ssm"), ("selective_state_update", "mamba_ssm"),
                         ("causal_conv1d", "causal_conv1d"), ("causal_conv1d_update", "causal_conv1d")):
         assert next(iter(backends(op))) == package
+
+
+def test_training_names_the_third_party_kernels_for_its_mamba_models():
+    cases = get_suite("training").cases(gpu_lease.PRESET)
+    mamba = {c.params["backends"] for c in cases if c.params["model"].startswith("Mamba")}
+    assert mamba == {"selective_scan=mamba_ssm,causal_conv1d=causal_conv1d",
+                     "ssd=mamba_ssm,causal_conv1d=causal_conv1d"}
 
 
 def test_generation_lease_uses_the_smallest_published_sizes():
@@ -106,17 +113,16 @@ def test_gpu_folder_names():
 
 
 def test_a_suite_that_cannot_start_is_reported_and_the_run_goes_on(tmp_path, monkeypatch):
-    # The lease's own process believes in a GPU; the suites' processes see none and refuse, each
-    # with its reason in lease.md.
+    # The lease's own process believes in a GPU; the suite's process sees none and refuses, with
+    # its reason in lease.md.
     import torch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Fake GPU 9")
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))
     monkeypatch.setenv("PYTHONPATH", str(ROOT))
-    assert gpu_lease.main(["--no-build", "--suites", "jamba_cache,generation", "--budget", "60",
-                           "--out", str(tmp_path)]) == 0
+    assert gpu_lease.main(["--no-build", "--suites", "jamba_cache", "--budget", "60", "--out", str(tmp_path)]) == 0
     lease = (tmp_path / "fake-gpu-9" / "lease.md").read_text()
-    for name in ("jamba_cache", "generation"):
+    for name in ("jamba_cache",):
         [row] = [line for line in lease.splitlines() if line.startswith(f"| {name} |")]
         assert "exit 2" in row and "CUDA GPU" in row, row

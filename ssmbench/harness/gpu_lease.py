@@ -12,7 +12,8 @@ warm-up, the row: the H100 run of kernels/PERF.md took 0.2-3 s per case); our Tr
 ``AUTOTUNE_PER_SHAPE_S`` per case (they autotune per length; PERF.md: 2.3-2.7 s); and each
 backend's first call per (op, dtype, state size) adds its ``first_call_s`` (PERF.md: our Triton
 scan 14 s, mamba-ssm's and fla-core's SSD 31-32 s of autotuning). Custom cases (generation,
-caches) take ``CUSTOM_CASE_S`` per suite: guesses from the sizes, not measured. A backend whose
+caches, training steps) take ``CUSTOM_CASE_S`` per suite beyond their own timing budget: guesses
+from the sizes, not measured. A backend whose
 package is absent where the estimate is made, and not built by the lease, costs nothing (its rows
 say "not installed"); every other one is counted as running, GPU or not. The suites'
 limits share ``--budget`` seconds in proportion to their estimates when these exceed it: the run
@@ -47,7 +48,8 @@ PRESET = "gpu-lease"
 CLAIM_SUITES = ("jamba_cache", "scaling", "ssd_speedup", "generation", "jamba_throughput", "training")
 CASE_S = 1.0
 AUTOTUNE_PER_SHAPE_S = 2.5
-CUSTOM_CASE_S = {"generation": 8.0, "jamba_throughput": 6.0}  # others: allocations, CUSTOM_DEFAULT_S
+# Custom cases: seconds each beyond their own timing budget (params["budget_s"]); guesses.
+CUSTOM_CASE_S = {"generation": 8.0, "jamba_throughput": 6.0, "training": 4.0}  # others: allocations
 CUSTOM_DEFAULT_S = 0.5
 SLACK = 1.25  # a suite's time limit over its estimate, when they all fit the budget
 MIN_LIMIT_S = 30.0
@@ -76,11 +78,18 @@ def _absent(backend) -> bool:
     return any(m not in built and importlib.util.find_spec(m) is None for m in backend.requires)
 
 
+def _named(case: Case) -> list[str]:
+    """The backends a model case names ("op=backend,..." in its params), or "auto"."""
+    default = "auto" if "gen" in case.params else ""  # generation cases run under "auto" unless named
+    spec = str(case.params.get("backends", default)) if not case.op else ""
+    return [part.partition("=")[2] or part for part in spec.split(",") if part]
+
+
 def estimate_s(suite: str, cases: list[Case]) -> float:
     total, first_calls = 0.0, {}
     for case in cases:
         if not case.op:
-            total += CUSTOM_CASE_S.get(suite, CUSTOM_DEFAULT_S)
+            total += CUSTOM_CASE_S.get(suite, CUSTOM_DEFAULT_S) + float(case.params.get("budget_s", 0.0))
             continue
         backend = backends(case.op)[case.backend]
         if _absent(backend):
@@ -96,7 +105,7 @@ def plan(budget_s: float = SUITES_BUDGET_S, suites: list[str] | None = None) -> 
     out = []
     for name in suites or lease_suites():
         cases = get_suite(name).cases(PRESET)
-        names = tuple(sorted({c.backend for c in cases if c.backend}))
+        names = tuple(sorted({c.backend for c in cases if c.backend} | {n for c in cases for n in _named(c)}))
         out.append(SuitePlan(name, len(cases), sum(1 for c in cases if c.op), names, estimate_s(name, cases)))
     total = sum(p.estimate_s for p in out)
     share = min(SLACK, budget_s / total) if total else SLACK
@@ -107,7 +116,7 @@ def describe(plans: list[SuitePlan], build_timeout_s: float, budget_s: float) ->
     lines = [f"{'suite':<18}{'cases':>6}{'op cases':>9}{'estimate s':>11}{'limit s':>9}  backends"]
     for p in plans:
         lines.append(f"{p.suite:<18}{p.cases:>6}{p.op_cases:>9}{p.estimate_s:>11.0f}{p.limit_s:>9.0f}  "
-                     f"{', '.join(p.backends) or 'auto (the models choose)'}")
+                     f"{', '.join(p.backends) or '-'}")
     suites_s = sum(p.estimate_s for p in plans)
     limits_s = sum(p.limit_s for p in plans)
     absent = sorted({b.name for p in plans for op in OP_NAMES for b in backends(op).values()
@@ -179,6 +188,9 @@ def main(argv: list[str] | None = None) -> int:
     plans = plan(args.budget, wanted)
     build_s = 0.0 if args.no_build else args.build_timeout
     print(f"gpu-lease preset of {len(plans)} suites")
+    without = [s for s in CLAIM_SUITES if s in available_suites() and s not in lease_suites()]
+    if without:
+        print(f"claim suites without a gpu-lease preset, not run: {', '.join(without)}")
     print(describe(plans, build_s, args.budget))
     if args.dry_run:
         if not args.no_build:

@@ -76,6 +76,7 @@ GPU_MAMBA = "selective_scan=mamba_ssm,causal_conv1d=causal_conv1d"
 GPU_MAMBA2 = "ssd=mamba_ssm,causal_conv1d=causal_conv1d"
 CPU_MEMORY = (Model("Mamba-130M", CPU_MAMBA), Model("Transformer-125M", "attention=sdpa_flash_cpu"))
 GPU_MEMORY = (Model("Mamba-130M", GPU_MAMBA), Model("Transformer-125M", "attention=flash_attn"))
+LEASE_MEMORY = (Model("Mamba-130M", GPU_MAMBA), Model("Transformer-125M", "attention=sdpa_flash"))
 
 
 def _step_models(mamba: str, mamba2: str, attention: str, layers: tuple[int, int, int] = (0, 0, 0)):
@@ -95,6 +96,12 @@ SETTINGS = {
     "gpu": Setting(
         memory_device="cuda", memory_models=GPU_MEMORY, batches=BATCHES, step_device="cuda", step_models=GPU_STEPS,
         lengths=(512, 1024, 2048, 4096, 8192), step_batch=8, dtype="bfloat16"),
+    # One short run on a lent GPU (scripts/gpu-lease.sh). Attention through torch's FlashAttention-2
+    # kernel (sdpa_flash): the flash-attn package is seldom built on such a machine.
+    "gpu-lease": Setting(
+        memory_device="cuda", memory_models=LEASE_MEMORY, batches=(1, 8, 32), step_device="cuda",
+        step_models=_step_models(GPU_MAMBA, GPU_MAMBA2, "attention=sdpa_flash"), lengths=(1024, 4096, 8192),
+        step_batch=8, dtype="bfloat16", budget_s=1.0, max_repeats=10, timeout_s=120),
     "paper": Setting(
         memory_device="cuda", memory_models=GPU_MEMORY, batches=BATCHES, step_device="cuda", step_models=GPU_STEPS,
         lengths=(512, 1024, 2048, 4096, 8192, 16384), step_batch=8, dtype="bfloat16", budget_s=5.0),

@@ -108,4 +108,4 @@ def names_exist(args) -> None:
             assert (args.preset or suite.default_preset) in suite.presets, f"{name} has no preset {args.preset}"
     if args.command == "compare":
         op = get_op(args.op)
-        op.problem_type.from_params({**op.default_problem.params(), **cli._shape(args.shape)})
+        op.problem_type.from_params({**op.default_problem.params(), **args.shape})

@@ -2,7 +2,8 @@
 of each ```bash block is run (``ssmbench ...`` in-process, in a folder holding a stored run and
 its baseline). A comment right before a block, ``<!-- test: "PREFIX" MODE (REASON); ... -->``,
 says how its commands that start with PREFIX are tested instead: ``parse`` (ssmbench's parser
-checks every option and value; nothing runs) or ``skip`` (not ssmbench: installs, nox sessions);
+checks every option and value; nothing runs) or ``skip`` (not ssmbench: installs, nox sessions;
+``"python" skip`` for a Python block that needs the network);
 the reason shows in the test's id and output. A command that is not ssmbench and has no mark
 fails the test, so nothing in the README goes untested unsaid."""
 import re
@@ -53,7 +54,9 @@ def examples() -> list:
     text = README.read_text()
     for number, (lang, code, marks) in enumerate(blocks(text)):
         if lang == "python":
-            params.append(pytest.param("python", code, "run", "", id=f"python block {number}"))
+            mode, reason = marks.get("python", ("run", ""))
+            params.append(pytest.param("python", code, mode, reason,
+                                       id=f"python block {number} [{mode}{': ' + reason if reason else ''}]"))
             continue
         for command in commands(code):
             mode, reason = how(command, marks)

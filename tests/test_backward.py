@@ -69,7 +69,7 @@ def test_a_perturbed_gradient_fails(problem):
     assert result.rel_error == pytest.approx(1e-3, rel=0.05)
 
 
-def _case(backend: str, mode: str, op: str = "selective_scan", **params) -> "Case":
+def _case(backend: str, mode: str, op: str = "selective_scan", **params):
     from ssmbench.suites.base import Case
 
     spec = get_op(op)
@@ -103,7 +103,8 @@ def test_a_wrong_gradient_is_incorrect_and_not_timed(monkeypatch):
     from ssmbench.impls import registry
 
     wrong = Backend(op="selective_scan", name="perturbed", impl=f"{__name__}:perturbed_scan", has_backward=True)
-    monkeypatch.setattr(ex, "get_backend", lambda op, name: wrong if name == "perturbed" else registry.get_backend(op, name))
+    monkeypatch.setattr(ex, "get_backend",
+                        lambda op, name: wrong if name == "perturbed" else registry.get_backend(op, name))
     (row,) = ex.execute(_case("perturbed", "backward", batch=1, dim=8, dstate=4, seqlen=17))
     assert row["status"] == "incorrect" and "gradient of 'u'" in row["reason"]
     assert row.get("median_ms") is None

@@ -21,7 +21,8 @@ def _misplaced(kwargs):
     for name, value in kwargs.items():
         if not isinstance(value, torch.Tensor) or value.dim() < 2:
             continue
-        dims = [(i, j) for i in range(value.dim()) for j in range(i + 1, value.dim()) if value.shape[i] != value.shape[j]]
+        dims = [(i, j) for i in range(value.dim()) for j in range(i + 1, value.dim())
+                if value.shape[i] != value.shape[j]]
         if dims:
             yield name, value.transpose(*dims[0]).contiguous()
 
@@ -63,7 +64,8 @@ def test_the_public_function_refuses_an_empty_sequence():
         selective_scan(**empty, backend="torch")
 
 
-@pytest.mark.parametrize("value, message", [("-4", "must be a positive int, got -4"), ("0", "must be a positive int, got 0")])
+@pytest.mark.parametrize("value, message", [("-4", "must be a positive int, got -4"),
+                                            ("0", "must be a positive int, got 0")])
 def test_a_problem_refuses_negative_and_zero_sizes(value, message):
     with pytest.raises(ValueError, match=f"parameter 'seqlen' {message}"):
         get_op("selective_scan").problem_type.from_params({"seqlen": value})

@@ -101,7 +101,8 @@ def test_update_state_too_short_is_named():
 
 def test_conv_shape_errors_are_named():
     x, weight, _ = conv_inputs()
-    with pytest.raises(ValueError, match=r"'weight' must have shape \(d w\) = \(6, 4\), got \(5, 4\) \(sizes from 'x'\)"):
+    with pytest.raises(ValueError,
+                       match=r"'weight' must have shape \(d w\) = \(6, 4\), got \(5, 4\) \(sizes from 'x'\)"):
         api.causal_conv1d(x, weight[:5])
     with pytest.raises(ValueError, match=r"'conv_state' has dtype float32, expected float64"):
         api.causal_conv1d_update(x[..., 0], x[..., :3].float(), weight)

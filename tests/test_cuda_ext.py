@@ -238,7 +238,10 @@ def test_cuda_state_update_writes_a_strided_state(state_dtype):
     ref = pytest.importorskip("ssmbench.impls.selective_state_update.reference").selective_state_update
     g = torch.Generator().manual_seed(0)
     b, h, p, n, groups = 3, 4, 8, 32, 2
-    rand = lambda *s: torch.randn(*s, generator=g).cuda()
+
+    def rand(*s):
+        return torch.randn(*s, generator=g).cuda()
+
     # The state is a slice of a larger cache: strided in every dimension but the last.
     cache = rand(b, h, p, n + 5).to(state_dtype)
     state = cache[..., 2:n + 2]

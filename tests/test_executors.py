@@ -11,7 +11,7 @@ import pytest
 
 from harness_fixtures import custom, new_run, wait_for_rows
 from ssmbench.harness import cli
-from ssmbench.harness.executors import LocalExecutor, from_options, split
+from ssmbench.harness.executors import LocalExecutor, split
 from ssmbench.harness.runner import run_cases
 from ssmbench.harness.store import Run, load_runs
 
@@ -83,7 +83,8 @@ def test_a_lost_task_or_job_is_a_failed_row_and_the_sweep_goes_on(tmp_path, name
 def _background(run_path, executor):
     code = (f"import sys; sys.path.insert(0, {HERE!r});"
             f"from ssmbench.harness.store import Run; from ssmbench.harness.runner import run_cases;"
-            f"from test_executors import make; run_cases(Run({str(run_path)!r}), executor=make({executor!r}), progress=False)")
+            f"from test_executors import make; "
+            f"run_cases(Run({str(run_path)!r}), executor=make({executor!r}), progress=False)")
     return subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
 
 

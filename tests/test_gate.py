@@ -147,7 +147,8 @@ def test_portable_figures_and_their_regressions():
     assert abs(slope.value - 1) < 0.03 and slope.lo <= slope.value <= slope.hi
     # Another machine, twice as slow overall: no machine-independent figure moves.
     other = synthetic_rows({k: 2 * v for k, v in
-                            {**{("torch", L): L / 100 for L in lengths}, **{("fast", L): L / 1000 for L in lengths}}.items()},
+                            {**{("torch", L): L / 100 for L in lengths},
+                             **{("fast", L): L / 1000 for L in lengths}}.items()},
                            seed=1)
     assert gate(GateInput("b", "x", {}, base, None), GateInput("c", "y", {}, other, None), portable=True).exit_code == 0
     # fast 2x slower at one length only: an outlier of one run, not a regression.
@@ -167,7 +168,8 @@ def test_portable_figures_and_their_regressions():
 
 def test_third_party_backends_are_measured_but_not_gated():
     lengths = (512, 1024, 2048)
-    base = synthetic_rows({**{("torch", L): L / 100 for L in lengths}, **{("mambapy_seq", L): L / 300 for L in lengths}})
+    base = synthetic_rows({**{("torch", L): L / 100 for L in lengths},
+                           **{("mambapy_seq", L): L / 300 for L in lengths}})
     slower_peer = synthetic_rows({**{("torch", L): L / 100 for L in lengths},
                                   **{("mambapy_seq", L): L / 50 for L in lengths}}, seed=1)
     assert not [k for k in portable_figures(base) if "mambapy_seq" in k[1]]
@@ -231,7 +233,8 @@ def test_a_run_missing_cases_fails_unless_missing_is_allowed():
     assert allowed.exit_code == 0 and "missing allowed" in allowed.summary()
     # Cases the baseline lacks are listed as new and fail nothing.
     grown = gate(_input(partial), _input(base), portable=True)
-    assert grown.exit_code == 0 and {f.key for f in grown.outcomes("new") if f.kind == "status"} == {"torch-4096", "fast-4096"}
+    assert grown.exit_code == 0
+    assert {f.key for f in grown.outcomes("new") if f.kind == "status"} == {"torch-4096", "fast-4096"}
 
 
 def test_claims_are_matched_by_id_and_a_dropped_one_is_missing(monkeypatch):
@@ -273,7 +276,8 @@ def test_the_timing_gate_refuses_a_run_measured_on_two_machines():
 
 
 def _slower_fast():
-    return synthetic_rows({**{("torch", L): L / 100 for L in LENGTHS}, **{("fast", L): L / 500 for L in LENGTHS}}, seed=2)
+    return synthetic_rows({**{("torch", L): L / 100 for L in LENGTHS}, **{("fast", L): L / 500 for L in LENGTHS}},
+                          seed=2)
 
 
 def test_noise_above_the_threshold_makes_timed_regressions_too_noisy():

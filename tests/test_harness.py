@@ -104,7 +104,8 @@ def test_cases_of_one_problem_draw_inputs_and_reference_once(monkeypatch):
     reference = execute_module.reference_outputs
     counted = dataclasses.replace(op, make_inputs=lambda p, g: drawn.append(p.seqlen) or op.make_inputs(p, g))
     monkeypatch.setattr(execute_module, "get_op", lambda name: counted)
-    monkeypatch.setattr(execute_module, "reference_outputs", lambda p, i: referenced.append(p.seqlen) or reference(p, i))
+    monkeypatch.setattr(execute_module, "reference_outputs",
+                        lambda p, i: referenced.append(p.seqlen) or reference(p, i))
     params = op.default_problem.replace(seqlen=128).params()
     for backend in ("torch", "torch_fast", "torch"):
         (row,) = execute(Case(suite="t", op="selective_scan", backend=backend, params=params,
@@ -219,7 +220,8 @@ def test_explicit_backend_never_falls_back():
 def test_bad_shapes_name_the_argument():
     op = get_op("selective_scan")
     kw = op.make_inputs(op.default_problem, torch.Generator().manual_seed(0))
-    with pytest.raises(ValueError, match=r"argument 'delta' must have shape \(b d l\) = \(1, 64, 128\), got \(1, 64, 127\)"):
+    with pytest.raises(ValueError,
+                       match=r"argument 'delta' must have shape \(b d l\) = \(1, 64, 128\), got \(1, 64, 127\)"):
         ssmbench.selective_scan(**{**kw, "delta": kw["delta"][..., :-1]})
     with pytest.raises(ValueError, match="argument 'A' must have shape"):
         ssmbench.selective_scan(**{**kw, "A": kw["A"][None]})

@@ -50,8 +50,10 @@ def real_run(tmp_path, cases, threads=None):
             f"from ssmbench.harness.env import environment, fingerprint_id;"
             f"{'torch.set_num_threads(%d);' % threads if threads else ''}"
             f"env = environment();"
-            f"cases = [custom('sleep', seconds=s, tag=i) for i, s in enumerate({[c.params['seconds'] for c in cases]})];"
-            f"print(Run.create({str(tmp_path)!r}, 'real', cases, env, fingerprint_id(env), suite='test', preset='p').path)")
+            f"cases = [custom('sleep', seconds=s, tag=i) "
+            f"for i, s in enumerate({[c.params['seconds'] for c in cases]})];"
+            f"print(Run.create({str(tmp_path)!r}, 'real', cases, env, fingerprint_id(env), "
+            f"suite='test', preset='p').path)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return Run(Path(out.stdout.strip()))
 

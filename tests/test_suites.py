@@ -71,7 +71,8 @@ def test_kernel_tables_and_the_device_checks_short_comparison():
     full = get_suite("kernels").cases("gpu")
 
     def sizes(op):
-        return {(c.params["dstate"], c.params["seqlen"]) for c in full if c.op == op and c.params["dtype"] == "bfloat16"}
+        return {(c.params["dstate"], c.params["seqlen"]) for c in full
+                if c.op == op and c.params["dtype"] == "bfloat16"}
 
     assert sizes("selective_scan") == {(16, 2**k) for k in range(12, 17)}
     assert sizes("ssd") == {(n, 2**k) for n in (64, 128) for k in range(12, 17)}

@@ -364,7 +364,8 @@ def _figure_findings(base, cur, ratio_threshold: float, exponent_tolerance: floa
         if kind == "exact":
             # Bytes held: any growth is a regression, however small; a machine cannot explain it.
             outcome = "regression" if c.value > b.value else "improvement" if c.value < b.value else "unchanged"
-            findings.append(Finding(key, kind, b.value, c.value, outcome, c.value / b.value - 1 if b.value else math.nan,
+            change = c.value / b.value - 1 if b.value else math.nan
+            findings.append(Finding(key, kind, b.value, c.value, outcome, change,
                                     detail="exact count; any growth counts"))
             continue
         if kind == "ratio":

@@ -200,7 +200,7 @@ def crossovers(rows: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame()
     b = {float(r.seqlen): r.samples_ms for r in attention.itertuples()}
     records = []
-    for model, ssm in s[s["kind"] != "transformer"].groupby("model", sort=False):
+    for _, ssm in s[s["kind"] != "transformer"].groupby("model", sort=False):
         a = {float(r.seqlen): r.samples_ms for r in ssm.itertuples()}
         point = common.crossover(pd.Series({L: np.median(v) for L, v in a.items()}),
                                  pd.Series({L: np.median(v) for L, v in b.items()}))

@@ -28,13 +28,15 @@ selective_scan_ref = partial(_call, "selective_scan_ref")
 
 BACKENDS = [
     Backend(
-        op="selective_scan", name="mamba_ssm", has_backward=True, impl=f"{__name__}:selective_scan_fn", kind="third-party",
+        op="selective_scan", name="mamba_ssm", has_backward=True, impl=f"{__name__}:selective_scan_fn",
+        kind="third-party",
         requires=("mamba_ssm",), devices=("cuda",), dtypes=("float32", "bfloat16", "float16"),
         limits={"dstate": 256}, priority=30, fused=True, check_available=partial(import_failure, MODULE),
         description="mamba-ssm selective_scan_fn (fused CUDA scan), arguments passed through",
     ),
     Backend(
-        op="selective_scan", name="mamba_ssm_ref", has_backward=True, impl=f"{__name__}:selective_scan_ref", kind="third-party",
+        op="selective_scan", name="mamba_ssm_ref", has_backward=True, impl=f"{__name__}:selective_scan_ref",
+        kind="third-party",
         requires=("mamba_ssm",), priority=-20, python_loop=True, check_available=partial(import_failure, MODULE),
         description="mamba-ssm selective_scan_ref (a Python loop over L), arguments passed through",
     ),

@@ -53,7 +53,8 @@ def _state_or_x(state_rows, stride_state_s, x_rows, stride_x_l, src, state_len, 
     """Element ``src`` of the sequence (stored state ++ new tokens), per channel row."""
     in_state = src < state_len
     from_state = tl.load(state_rows + src[None, :] * stride_state_s, mask=mask & in_state[None, :], other=0.0)
-    from_x = tl.load(x_rows + (src - state_len)[None, :] * stride_x_l, mask=mask & (src >= state_len)[None, :], other=0.0)
+    from_x = tl.load(x_rows + (src - state_len)[None, :] * stride_x_l, mask=mask & (src >= state_len)[None, :],
+                     other=0.0)
     return from_state.to(tl.float32) + from_x.to(tl.float32)
 
 

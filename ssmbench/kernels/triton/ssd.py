@@ -185,7 +185,7 @@ def _state_passing_kernel(
         state = tl.zeros((BLOCK,), dtype=tl.float32)
     st_ptrs = states_ptr + pid_b * s_st_b + pid_h * s_st_h + offs
     cum_ptr += pid_b * s_cum_b + pid_h * s_cum_h + CHUNK - 1
-    for c in range(nchunks):
+    for _ in range(nchunks):
         own = tl.load(st_ptrs, mask=mask, other=0.0)
         tl.store(st_ptrs, state, mask=mask)
         state = tl.exp(tl.load(cum_ptr)) * state + own

@@ -55,6 +55,13 @@ def bench(session: nox.Session) -> None:
 
 
 @nox.session
+def quality(session: nox.Session) -> None:
+    """lm-eval zero-shot tasks on checkpoints in our models: nox -s quality -- --model M --tasks T ..."""
+    _install(session, "quality")
+    session.run("ssmbench", "quality", *session.posargs)
+
+
+@nox.session
 def report(session: nox.Session) -> None:
     """The report of the latest run (or of the runs given after --)."""
     _install(session)

@@ -112,3 +112,64 @@ def test_rolling_loglikelihood_and_generation_as_lm_evals_hf_model(checkpoint):
     assert " cat" not in texts[0] and len(texts[1].split()) <= 5
     with pytest.raises(ValueError, match="decodes greedily"):
         ours.generate_until([Instance("generate_until", {}, ("a", {"do_sample": True, "temperature": 1.0}), 0)])
+
+
+def _quality(tmp_path, *args):
+    from ssmbench.harness import cli
+
+    return cli.main(["--results-dir", str(tmp_path / "results"), "--reports-dir", str(tmp_path / "reports"),
+                     "quality", "--quiet", *args])
+
+
+def test_the_quality_command_stores_a_run_and_reports_what_a_kernel_changes(checkpoint, task_dir, tmp_path,
+                                                                              monkeypatch, capsys):
+    from ssmbench.harness.store import load_runs
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    assert _quality(tmp_path, "--model", str(checkpoint), "--tasks", TASK, "--include-path", str(task_dir),
+                    "--backends", "selective_scan=torch_fast", "--backends", "selective_scan=torch",
+                    "--report") == 0, capsys.readouterr().err
+    rows = load_runs(next((tmp_path / "results").iterdir()))
+    assert list(rows["status"]) == ["ok", "ok"] and set(rows["metric"]) == {"acc"}
+    assert rows["fingerprint"].notna().all() and (rows["n_docs"] == len(DOCS)).all()
+    assert rows["value"].nunique() == 1 and rows["stderr"].notna().all()  # two scan kernels, one accuracy
+    report = next((tmp_path / "reports").iterdir()) / "index.md"
+    text = report.read_text()
+    assert "Table 3: zero-shot scores" in text and "Does a kernel change accuracy?" in text
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "no-such-folder"], "no-such-folder"),
+    (["--model", "nobody/no-such-model"], "nobody/no-such-model"),
+    (["--tasks", "no_such_task"], "no task 'no_such_task'"),
+    (["--backends", "selective_scan=nope"], "nope"),
+])
+def test_the_quality_command_refuses_bad_input_in_one_line(args, message, checkpoint, task_dir, tmp_path,
+                                                          monkeypatch, capsys):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    given = {"--model": str(checkpoint), "--tasks": TASK}
+    given.update(dict(zip(args[::2], args[1::2])))
+    argv = [a for pair in given.items() for a in pair] + ["--include-path", str(task_dir)]
+    assert _quality(tmp_path, *argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "results").exists()  # refused before a run folder was made
+
+
+def test_table3_verdicts_use_the_stderr_and_the_stated_noise():
+    import pandas as pd
+
+    from ssmbench.suites.quality import PAPER, TASKS, judge
+
+    def rows(shift, stderr):
+        paper = PAPER["Mamba-130M"][1:]
+        return pd.DataFrame([{"status": "ok", "model": "state-spaces/mamba-130m-hf", "backends": "auto", "task": t,
+                              "metric": "acc", "value": (p + shift) / 100, "stderr": stderr / 100, "n_docs": 1000}
+                             for t, p in zip(TASKS, paper)])
+
+    (close,) = judge(rows(0.5, 0.4), {})
+    assert close.verdict == "holds" and close.claim_id == "C6.mamba-130m-auto"
+    assert judge(rows(3.0, 0.4), {})[0].verdict == "does not hold"
+    assert judge(rows(0.5, 5.0), {})[0].verdict == "undecided"  # a --limit run: too few documents to tell
+    tiny = rows(0, 1).assign(model="./tiny-mamba")
+    assert judge(tiny, {}) == []  # scored, but the paper does not list it

@@ -14,6 +14,7 @@ import logging
 import statistics
 import time
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
@@ -272,6 +273,32 @@ def _ops_text(model: LanguageModel, chosen: dict[str, str]) -> str:
     return ",".join(f"{op}={chosen.get(op, 'auto') if named[op] == 'auto' else named[op]}" for op in model.op_names)
 
 
+def _not_run(config: ModelConfig, fp: Footprint, impl: str, length: int, budget_gib: float) -> dict | None:
+    """The status and reason of a case that cannot run as asked, before anything is built."""
+    if config.learned_positions and length > config.learned_positions:
+        return {"status": "unsupported",
+                "reason": f"{config.name} has {config.learned_positions} learned positions; prompt + gen = {length}"}
+    if budget_gib and fp.total > budget_gib * GIB:
+        return {"status": "oom",
+                "reason": f"weights + cache ({fp.total / GIB:.3g} GiB) exceed the stated budget of {budget_gib:g} GiB"}
+    if impl == "hf" and importlib.util.find_spec("transformers") is None:
+        return {"status": "unavailable", "reason": "transformers is not installed (pip install 'ssmbench[peers]')"}
+    return None
+
+
+def _hf_once(hf, ids: torch.Tensor, gen: int, dev: torch.device) -> tuple[float, float]:
+    """(prefill s, decode s) of one ``generate()``: the prefill is timed as its own one-token call,
+    the decode is the rest of the full call."""
+    _sync(dev)
+    t0 = time.perf_counter()
+    hf_generate(hf, ids, 1)
+    _sync(dev)
+    t1 = time.perf_counter()
+    hf_generate(hf, ids, gen)
+    _sync(dev)
+    return t1 - t0, time.perf_counter() - t1 - (t1 - t0)
+
+
 def generation_case(model: str, impl: str = "ssmbench", batch: int = 1, prompt: int = 2048, gen: int = 128,
                     dtype: str = "float16", device: str = "cuda", scale: int = 1, layers: int = 0,
                     vocab: int = 0, backends: str = "auto", cuda_graphs: bool = True, repeats: int = 3,
@@ -296,16 +323,9 @@ def generation_case(model: str, impl: str = "ssmbench", batch: int = 1, prompt: 
     fp = footprint(config, batch, prompt + gen, dtype, state_dtype or None)
     row = {"model_name": config.name, "n_params": config.param_count(), "weight_bytes": fp.weights,
            "kv_bytes": fp.kv, "state_bytes": fp.mamba, "footprint_bytes": fp.total}
-    if config.learned_positions and prompt + gen > config.learned_positions:
-        return {**row, "status": "unsupported",
-                "reason": f"{config.name} has {config.learned_positions} learned positions; prompt + gen = "
-                          f"{prompt + gen}"}
-    if budget_gib and fp.total > budget_gib * GIB:
-        return {**row, "status": "oom",
-                "reason": f"weights + cache ({fp.total / GIB:.3g} GiB) exceed the stated budget of {budget_gib:g} GiB"}
-    if impl == "hf" and importlib.util.find_spec("transformers") is None:
-        return {**row, "status": "unavailable",
-                "reason": "transformers is not installed (pip install 'ssmbench[peers]')"}
+    refused = _not_run(config, fp, impl, prompt + gen, budget_gib)
+    if refused:
+        return {**row, **refused}
     if threads:
         torch.set_num_threads(threads)
     dev = torch.device(device)
@@ -329,17 +349,7 @@ def generation_case(model: str, impl: str = "ssmbench", batch: int = 1, prompt: 
             return result.prefill_s, result.decode_s
     else:
         hf = hf_checkpoint(checkpoint, dtype, device) if checkpoint else hf_model(config, dtype, device, seed)
-
-        def once():
-            _sync(dev)
-            t0 = time.perf_counter()
-            hf_generate(hf, ids, 1)
-            _sync(dev)
-            t1 = time.perf_counter()
-            hf_generate(hf, ids, gen)
-            _sync(dev)
-            # The prefill is timed as its own one-token call; the decode is the rest of the full call.
-            return t1 - t0, time.perf_counter() - t1 - (t1 - t0)
+        once = partial(_hf_once, hf, ids, gen, dev)
     # The first call (graph capture, lazy initialisation) is timed apart; the ops it runs are
     # recorded (named ones are passed through the OpBackends, auto ones logged by the registry).
     with _AutoChoices().attached() as choices:

@@ -169,3 +169,48 @@ class SsmbenchLM(TemplateLM):
             if stop:
                 text = text.split(stop)[0]
         return text
+
+
+
+def task_manager(tasks: list[str], include_path: str = ""):
+    """lm-eval's tasks: those of ``include_path`` alone when they hold every task asked for
+    (indexing lm-eval's thousands of built-in tasks takes half a minute), else all of them. A task
+    that neither knows is an error that names it."""
+    from lm_eval.tasks import TaskManager
+
+    managers = ([TaskManager(include_path=include_path, include_defaults=False)] if include_path else [])
+    for manager in managers + [lambda: TaskManager(include_path=include_path or None)]:
+        manager = manager() if callable(manager) else manager
+        unknown = [t for t in tasks if t not in manager.all_tasks]
+        if not unknown:
+            return manager
+    raise ValueError(f"tasks: lm-eval knows no task {', '.join(map(repr, unknown))}"
+                     + (f" (nor does {include_path})" if include_path else "")
+                     + "; lm_eval ls tasks lists them, --include-path adds a folder of YAML tasks")
+
+
+def quality_case(model: str, task: str, backends: str = "auto", limit: int = 0, batch_size: int = 1,
+                 include_path: str = "", dtype: str = "float32", device: str = "cpu", metric: str = "") -> dict:
+    """One task of lm-eval zero-shot on a checkpoint in our model under ``backends``: ``metric`` (the
+    task's first when empty) with lm-eval's stderr, and the perplexity where the task gives one
+    (LAMBADA). ``limit`` > 0 scores that many documents only (a smoke test, not Table 3)."""
+    from lm_eval import simple_evaluate
+
+    lm = SsmbenchLM(model, backends=backends, dtype=dtype, device=device, batch_size=batch_size)
+    out = simple_evaluate(model=lm, tasks=[task], task_manager=task_manager([task], include_path),
+                          limit=limit or None)
+    result = out["results"][task]
+    metrics = [k.split(",")[0] for k in result if "," in k and "_stderr" not in k]
+    metric = metric or metrics[0]
+    if f"{metric},none" not in result:
+        raise ValueError(f"task {task!r} gives no metric {metric!r}; it gives {', '.join(metrics)}")
+
+    def number(key):
+        value = result.get(key)
+        return float(value) if isinstance(value, (int, float)) else None
+
+    row = {"metric": metric, "value": number(f"{metric},none"), "stderr": number(f"{metric}_stderr,none"),
+           "n_docs": int(out["n-samples"][task]["effective"]), "ops": lm.model.ops.text()}
+    if "perplexity,none" in result:
+        row.update(perplexity=number("perplexity,none"), perplexity_stderr=number("perplexity_stderr,none"))
+    return row

@@ -7,7 +7,7 @@ from functools import cache
 from .base import Case, Suite, Verdict
 
 SUITE_NAMES = ("scaling", "ssd_speedup", "jamba_cache", "kernels", "peers", "generation", "jamba_throughput",
-               "training")
+               "training", "quality")
 
 
 def available_suites() -> list[str]:

@@ -117,32 +117,42 @@ def judge(rows: pd.DataFrame, manifest: dict) -> list[Verdict]:
     on_cpu = not ("device" in rows and (rows["device"] == "cuda").any())
     cpu_note = ("; a CPU measurement of scaled-down models, where per-operation overhead rather than memory "
                 "traffic bounds decoding: only the ratio is judged") if on_cpu else ""
-    done = ok_rows(rows)
-    first = done.iloc[0] if len(done) else None
-    size = ("" if first is None else
-            ("published shapes" if int(first.get("scale", 1) or 1) == 1 else f"widths / {int(first['scale'])}")
-            + (f", {int(first['layers'])} layers" if int(first.get("layers", 0) or 0) else ", published depth")
-            + f"; {first['dtype']}; generate {int(first['gen'])}")
-    verdicts = []
+    size = _size(ok_rows(rows))
+    return [long_context_verdict(rows, size, device, cpu_note), best_batch_verdict(rows, size, device, cpu_note),
+            context_fits_verdict()]
 
+
+def _size(done: pd.DataFrame) -> str:
+    """The models' shape and the run's setting, in words, from its first ok row."""
+    if not len(done):
+        return ""
+    first = done.iloc[0]
+    scale, layers = int(first.get("scale", 1) or 1), int(first.get("layers", 0) or 0)
+    return (("published shapes" if scale == 1 else f"widths / {scale}")
+            + (f", {layers} layers" if layers else ", published depth")
+            + f"; {first['dtype']}; generate {int(first['gen'])}")
+
+
+def long_context_verdict(rows: pd.DataFrame, size: str, device: str, cpu_note: str) -> Verdict:
     base = dict(claim_id="C4.throughput-long-context",
                 claim="C4: Jamba's generation throughput is about 3x Mixtral's at long context (batch 1)",
                 paper_setting=PAPER_SETTING, paper_value=PAPER_RATIO, device=device)
     r = _ratio_at_longest(rows, JAMBA.series, MIXTRAL.series)
     if r is None:
-        verdicts.append(Verdict(**base, setting=size, measured="not measured", verdict="not measured",
-                                reason="no context ran for both Jamba and Mixtral at batch 1"))
-    else:
-        L, value, ra, rb = r
-        low, high = throughput_interval(ra, rb)
-        verdicts.append(Verdict(**base, setting=f"{size}; batch 1, context {L:,}",
-                                measured=f"{value:.2f}x [{low:.2f}, {high:.2f}] ({ra['tokens_per_s']:,.1f} vs "
-                                         f"{rb['tokens_per_s']:,.1f} tokens/s)",
-                                verdict=common.interval_verdict(low, high, HOLDS_FROM),
-                                reason=f"holds when the ratio at the longest common context has its 95% bootstrap "
-                                       f"interval (over the timed repeats) at or above {HOLDS_FROM:g}x, does not hold "
-                                       f"when it lies below, otherwise undecided" + cpu_note))
+        return Verdict(**base, setting=size, measured="not measured", verdict="not measured",
+                       reason="no context ran for both Jamba and Mixtral at batch 1")
+    L, value, ra, rb = r
+    low, high = throughput_interval(ra, rb)
+    return Verdict(**base, setting=f"{size}; batch 1, context {L:,}",
+                   measured=f"{value:.2f}x [{low:.2f}, {high:.2f}] ({ra['tokens_per_s']:,.1f} vs "
+                            f"{rb['tokens_per_s']:,.1f} tokens/s)",
+                   verdict=common.interval_verdict(low, high, HOLDS_FROM),
+                   reason=f"holds when the ratio at the longest common context has its 95% bootstrap "
+                          f"interval (over the timed repeats) at or above {HOLDS_FROM:g}x, does not hold "
+                          f"when it lies below, otherwise undecided" + cpu_note)
 
+
+def best_batch_verdict(rows: pd.DataFrame, size: str, device: str, cpu_note: str) -> Verdict:
     base = dict(claim_id="C4.throughput-best-batch",
                 claim="C4: Jamba's generation throughput is about 3x Mixtral's at a fixed context, best batch",
                 paper_setting=PAPER_SETTING, paper_value=PAPER_RATIO, device=device)
@@ -150,30 +160,32 @@ def judge(rows: pd.DataFrame, manifest: dict) -> list[Verdict]:
     best = best_batch(sweep)
     have = set(best["series"]) if len(best) else set()
     if not {JAMBA.series, MIXTRAL.series} <= have:
-        verdicts.append(Verdict(**base, setting=size, measured="not measured", verdict="not measured",
-                                reason="the batch sweep did not run for both Jamba and Mixtral"))
-    else:
-        a = best[best["series"] == JAMBA.series].iloc[0]
-        b = best[best["series"] == MIXTRAL.series].iloc[0]
-        value = a["tokens/s"] / b["tokens/s"]
-        low, high = throughput_interval(case_row(sweep, JAMBA.series, batch=a["best batch"]),
-                                        case_row(sweep, MIXTRAL.series, batch=b["best batch"]))
-        context, batches = int(sweep["prompt"].iloc[0]), sorted(int(b) for b in sweep["batch"].unique())
-        verdicts.append(Verdict(
-            **base, setting=f"{size}; context {context:,}, batch {batches[0]}..{batches[-1]}",
-            measured=f"{value:.2f}x [{low:.2f}, {high:.2f}] (Jamba {a['tokens/s']:,.1f} tokens/s at batch "
-                     f"{int(a['best batch'])}, Mixtral "
-                     f"{b['tokens/s']:,.1f} at batch {int(b['best batch'])}; Mixtral's batches not run: "
-                     f"{b['batches not run']})",
-            verdict=common.interval_verdict(low, high, HOLDS_FROM),
-            reason=f"holds when the best-batch ratio has its 95% bootstrap interval (over the timed repeats) at or "
-                   f"above {HOLDS_FROM:g}x, does not hold when it lies below, otherwise undecided" + cpu_note))
+        return Verdict(**base, setting=size, measured="not measured", verdict="not measured",
+                       reason="the batch sweep did not run for both Jamba and Mixtral")
+    a = best[best["series"] == JAMBA.series].iloc[0]
+    b = best[best["series"] == MIXTRAL.series].iloc[0]
+    value = a["tokens/s"] / b["tokens/s"]
+    low, high = throughput_interval(case_row(sweep, JAMBA.series, batch=a["best batch"]),
+                                    case_row(sweep, MIXTRAL.series, batch=b["best batch"]))
+    context, batches = int(sweep["prompt"].iloc[0]), sorted(int(b) for b in sweep["batch"].unique())
+    return Verdict(
+        **base, setting=f"{size}; context {context:,}, batch {batches[0]}..{batches[-1]}",
+        measured=f"{value:.2f}x [{low:.2f}, {high:.2f}] (Jamba {a['tokens/s']:,.1f} tokens/s at batch "
+                 f"{int(a['best batch'])}, Mixtral "
+                 f"{b['tokens/s']:,.1f} at batch {int(b['best batch'])}; Mixtral's batches not run: "
+                 f"{b['batches not run']})",
+        verdict=common.interval_verdict(low, high, HOLDS_FROM),
+        reason=f"holds when the best-batch ratio has its 95% bootstrap interval (over the timed repeats) at or "
+               f"above {HOLDS_FROM:g}x, does not hold when it lies below, otherwise undecided" + cpu_note)
 
+
+def context_fits_verdict() -> Verdict:
+    """An exact accounting of the published shapes: no run needed."""
     fits = published_context_table()
     jamba = fits[fits["model"] == JAMBA.config].iloc[0]
     mixtral = fits[fits["model"] == MIXTRAL.config].iloc[0]
     value = jamba["max context"] / mixtral["max context"]
-    verdicts.append(Verdict(
+    return Verdict(
         claim_id="C4.context-fits-80gb", claim="C4: Jamba fits 2x Mixtral's context on one 80 GB GPU (140K tokens)",
         paper_setting="1x 80 GB GPU; int8 weights ([J] §3.2)", paper_value="140K tokens; 2x Mixtral",
         device="exact byte accounting (no device)",
@@ -183,8 +195,7 @@ def judge(rows: pd.DataFrame, manifest: dict) -> list[Verdict]:
         verdict="holds" if value >= 2 else "does not hold",
         reason="holds when Jamba's context is at least 2x Mixtral's; the absolute lengths exceed the paper's "
                "140K because the paper's figure also counts activations and runtime buffers, which this "
-               "accounting leaves out"))
-    return verdicts
+               "accounting leaves out")
 
 
 def published_context_table(budget_bytes: int = GPU_BYTES, weight_bytes: int = INT8) -> pd.DataFrame:

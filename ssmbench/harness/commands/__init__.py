@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import importlib
 
-COMMANDS = ("list", "compare", "run", "tables", "report", "gate", "baseline", "export")
+COMMANDS = ("list", "compare", "run", "quality", "tables", "report", "gate", "baseline", "export")
 
 
 def add_all(sub) -> None:

@@ -178,12 +178,14 @@ def task_manager(tasks: list[str], include_path: str = ""):
     that neither knows is an error that names it."""
     from lm_eval.tasks import TaskManager
 
-    managers = ([TaskManager(include_path=include_path, include_defaults=False)] if include_path else [])
-    for manager in managers + [lambda: TaskManager(include_path=include_path or None)]:
-        manager = manager() if callable(manager) else manager
-        unknown = [t for t in tasks if t not in manager.all_tasks]
-        if not unknown:
-            return manager
+    if include_path:
+        local = TaskManager(include_path=include_path, include_defaults=False)
+        if all(t in local.all_tasks for t in tasks):
+            return local
+    manager = TaskManager(include_path=include_path or None)
+    unknown = [t for t in tasks if t not in manager.all_tasks]
+    if not unknown:
+        return manager
     raise ValueError(f"tasks: lm-eval knows no task {', '.join(map(repr, unknown))}"
                      + (f" (nor does {include_path})" if include_path else "")
                      + "; lm_eval ls tasks lists them, --include-path adds a folder of YAML tasks")

@@ -223,6 +223,23 @@ def faster_at_longest(fast: pd.DataFrame, slow: pd.DataFrame) -> dict | None:
 
 
 # Verdicts.
+def crossover_verdict(base: dict, ssm: str, subject: str, fast: pd.DataFrame, slow: pd.DataFrame,
+                      crossover: str, extra: str = ""):
+    """The SSM op (``ssm``: "scan", "SSD") against attention: holds when the SSM is faster at the
+    longest length both timed, by the time ratio's bootstrap interval; ``crossover``: the
+    interpolated length, in words; ``subject``: the comparison the reason states."""
+    from .base import Verdict
+
+    last = faster_at_longest(fast, slow)
+    measured = (f"fastest {ssm} vs fastest attention: crossover {crossover}; attention/{ssm} time at "
+                f"L={last['L']}: {last['ratio']:.2f}x [{last['low']:.2f}, {last['high']:.2f}] ({last['slow']} / "
+                f"{last['fast']})" + extra)
+    return Verdict(**base, measured=measured, verdict=interval_verdict(last["low"], last["high"], 1.0),
+                   reason=f"holds when {subject} at the longest measured L (the time ratio's 95% bootstrap "
+                          "interval above 1; crossover interpolated in log-log), does not hold when the interval "
+                          "lies below 1, otherwise undecided; the length itself is the device's, not the paper's")
+
+
 def interval_verdict(low: float, high: float, at_least: float) -> str:
     """"holds" when the interval lies at or above ``at_least``, "does not hold" when it lies
     below, "undecided" when it straddles it or there is none (NaN): a verdict flips only on an

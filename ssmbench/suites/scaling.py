@@ -299,15 +299,9 @@ def _crossover_verdict(a: Analysis, device: str, setting: str) -> Verdict:
                        reason="needs timed scan and attention rows at common lengths")
     c = scan.iloc[0]["result"]
     at_32k = _ratio_at(a, "selective_scan", 2**15)
-    last = common.faster_at_longest(a.times[a.times["op"] == "selective_scan"], a.times[a.times["op"] == "attention"])
-    measured = (f"fastest scan vs fastest attention: crossover {c.describe()}; attention/scan time at "
-                f"L={last['L']}: {last['ratio']:.2f}x [{last['low']:.2f}, {last['high']:.2f}] ({last['slow']} / "
-                f"{last['fast']})" + (f"; at L=32K: {at_32k:.2f}x" if at_32k else ""))
-    return Verdict(**base, measured=measured, verdict=common.interval_verdict(last["low"], last["high"], 1.0),
-                   reason="holds when the fastest scan is faster than the fastest attention at the longest measured "
-                          "L (the time ratio's 95% bootstrap interval above 1; crossover interpolated in log-log), "
-                          "does not hold when the interval lies below 1, otherwise undecided; the length itself is "
-                          "the device's, not the paper's")
+    return common.crossover_verdict(base, "scan", "the fastest scan is faster than the fastest attention",
+                                    a.times[a.times["op"] == "selective_scan"], a.times[a.times["op"] == "attention"],
+                                    c.describe(), f"; at L=32K: {at_32k:.2f}x" if at_32k else "")
 
 
 def _ratio_at(a: Analysis, op: str, L: int) -> float | None:

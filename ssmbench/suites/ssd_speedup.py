@@ -192,15 +192,9 @@ def _crossover_verdict(a: Analysis, base: dict) -> Verdict:
                        reason="needs timed SSD and attention rows of the L sweep")
     at_16k = dict(zip(c.lengths, c.ratios)).get(2**14)
     lsweep = a.lsweep
-    last = common.faster_at_longest(lsweep[lsweep["op"] == "ssd"], lsweep[lsweep["op"] == "attention"])
-    measured = (f"fastest SSD vs fastest attention: crossover {c.describe()}; attention/SSD time at "
-                f"L={last['L']}: {last['ratio']:.2f}x [{last['low']:.2f}, {last['high']:.2f}] ({last['slow']} / "
-                f"{last['fast']})" + (f"; at L=16K: {at_16k:.2f}x" if at_16k else ""))
-    return Verdict(**claim, measured=measured, verdict=common.interval_verdict(last["low"], last["high"], 1.0),
-                   reason="holds when SSD is faster than attention at the longest measured L (the time ratio's 95% "
-                          "bootstrap interval above 1; crossover interpolated in log-log), does not hold when the "
-                          "interval lies below 1, otherwise undecided; the length itself is the device's, not the "
-                          "paper's")
+    return common.crossover_verdict(claim, "SSD", "SSD is faster than attention", lsweep[lsweep["op"] == "ssd"],
+                                    lsweep[lsweep["op"] == "attention"], c.describe(),
+                                    f"; at L=16K: {at_16k:.2f}x" if at_16k else "")
 
 
 def _n_verdict(a: Analysis, base: dict) -> Verdict:

@@ -134,11 +134,16 @@ def _kind(model: str) -> str:
     return f"mamba{'' if config.mamba.version == 1 else config.mamba.version}"
 
 
-def memory_rows(rows: pd.DataFrame) -> pd.DataFrame:
-    if rows.empty or "total_bytes" not in rows:
+def _ok_with(rows: pd.DataFrame, column: str) -> pd.DataFrame:
+    """The ok rows that measured ``column``, with each model's kind."""
+    if rows.empty or column not in rows:
         return rows.iloc[0:0]
-    done = rows[(rows["status"] == "ok") & rows["total_bytes"].notna()]
+    done = rows[(rows["status"] == "ok") & rows[column].notna()]
     return done.assign(kind=done["model"].map(_kind))
+
+
+def memory_rows(rows: pd.DataFrame) -> pd.DataFrame:
+    return _ok_with(rows, "total_bytes")
 
 
 def table15(rows: pd.DataFrame) -> pd.DataFrame:
@@ -186,10 +191,7 @@ def breakdown(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def step_rows(rows: pd.DataFrame) -> pd.DataFrame:
-    if rows.empty or "tokens_per_s" not in rows:
-        return rows.iloc[0:0]
-    done = rows[(rows["status"] == "ok") & rows["tokens_per_s"].notna()]
-    return done.assign(kind=done["model"].map(_kind))
+    return _ok_with(rows, "tokens_per_s")
 
 
 def crossovers(rows: pd.DataFrame) -> pd.DataFrame:

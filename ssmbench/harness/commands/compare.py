@@ -6,6 +6,7 @@ from .options import positive, require_cuda, shape
 
 def run(args) -> int:
     from ...impls import backends, get_op
+    from ...impls.registry import get_backend
     from ..case import Case
     from ..session import start_run
 
@@ -18,10 +19,7 @@ def run(args) -> int:
     names = (args.backends.split(",") if args.backends
              else [n for n, b in backends(args.op).items() if b.kind != "reference"])
     for name in names:
-        if name not in backends(args.op):
-            from ...impls.base import unknown
-
-            raise unknown(f"backend of {args.op}", name, backends(args.op))
+        get_backend(args.op, name)  # an unknown name is refused with the op's known backends
     if args.interleave or args.stability:
         cases = [Case(suite="compare", op=args.op, backends=tuple(names), params=problem.params(),
                       stability=args.stability, budget_s=args.budget, timeout_s=args.timeout * len(names))]

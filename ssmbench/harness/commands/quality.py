@@ -7,9 +7,7 @@ from .options import positive
 
 
 def run(args) -> int:
-    from ...impls.base import unknown
-    from ...impls.registry import OP_NAMES
-    from ...impls.registry import backends as known
+    from ...impls.registry import OP_NAMES, get_backend
     from ...models.checkpoints import read_config
     from ...models.layers import OpBackends
     from ...suites.quality import TASKS, quality_cases
@@ -28,9 +26,8 @@ def run(args) -> int:
     for ops in backends:
         chosen = OpBackends.of(ops)
         for op in OP_NAMES:
-            name = getattr(chosen, op)
-            if name != "auto" and name not in known(op):
-                raise unknown(f"backend of {op}", name, known(op))
+            if getattr(chosen, op) != "auto":
+                get_backend(op, getattr(chosen, op))  # names the op and its known backends
     task_manager(tasks, str(args.include_path or ""))
     if args.device == "cuda":
         from .options import require_cuda

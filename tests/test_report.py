@@ -50,7 +50,8 @@ def test_report_latest_reports_every_run_of_the_latest_command(results, tmp_path
     numbers = [int(line.split("|")[1].strip().split(".")[0][1:]) for line in lines]
     assert len(lines) == len(claims) and numbers == sorted(numbers) and numbers[0] == 3  # C3 (ssd_speedup) first
     state = next(line for line in lines if "C3.state-size" in line)
-    assert "does not hold" in state and "[ssd_speedup_N.png](ssd_speedup_N.png)" in state
+    verdict = next(c["verdict"] for c in claims if c["claim_id"] == "C3.state-size")
+    assert f"| {verdict} |" in state and "[ssd_speedup_N.png](ssd_speedup_N.png)" in state
 
 
 def test_runs_of_one_job_in_the_order_made_and_a_run_without_a_job_alone(results, tmp_path):

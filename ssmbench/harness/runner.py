@@ -146,7 +146,6 @@ def status_row(case: Case, status: str, reason: str) -> dict:
     return {**base_row(case, case.backend or "+".join(case.backends)), "status": status, "reason": reason}
 
 
-
 @dataclass
 class Summary:
     run_path: Path

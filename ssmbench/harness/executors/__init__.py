@@ -5,7 +5,9 @@ Every executor runs the same loop, :func:`ssmbench.harness.runner.run_stream`, o
 cases, and hands each case's rows back to the process that started the run, which alone writes
 the run folder (one writer: the lock, the torn-line mending and the exactly-once rule stay in
 one place, and a node needs no access to the results folder). A stream whose task or job is
-lost records its case in flight as ``failed`` with the reason; the rest of it is started again.
+lost has its case in flight run again alone (a loss can take rows already sent with it, so the
+first case not heard from is not always the one that killed it); lost alone, that case is recorded
+as ``failed`` with the reason. The rest of the stream is started again.
 """
 from __future__ import annotations
 
@@ -48,7 +50,8 @@ def split(cases: Sequence[Case], streams: int) -> list[list[Case]]:
 def gather(streams: list[list[Case]], follow: Callable[[list[Case]], Iterator[Rows]]) -> Iterator[Rows]:
     """The rows of every stream as they arrive, each stream followed in a thread of its own
     (``follow`` starts it remotely and yields its (case, rows)). A lost stream: its case in
-    flight becomes a failed row with the reason, and its remaining cases a new stream."""
+    flight is started again as a stream of its own, or, when it was alone, becomes a failed row
+    with the reason; its remaining cases become a new stream."""
     arrived: queue.Queue = queue.Queue()
     pending = [0]
     count = threading.Lock()
@@ -68,10 +71,13 @@ def gather(streams: list[list[Case]], follow: Callable[[list[Case]], Iterator[Ro
                 if reported < len(stream):
                     raise StreamLost(f"it ended after {reported} of its {len(stream)} cases")
             except Exception as exc:  # noqa: BLE001 - a lost task or job is recorded, the sweep goes on
-                lost = stream[reported]
-                arrived.put((lost, [status_row(lost, "failed", f"the executor lost this case: {exc}")]))
-                if stream[reported + 1:]:
-                    start(stream[reported + 1:])
+                lost, rest = stream[reported], stream[reported + 1:]
+                if len(stream) == 1:
+                    arrived.put((lost, [status_row(lost, "failed", f"the executor lost this case: {exc}")]))
+                else:
+                    start([lost])
+                if rest:
+                    start(rest)
         finally:
             arrived.put(None)
 

@@ -166,6 +166,22 @@ def test_portable_figures_and_their_regressions():
     assert ("exponent", "selective_scan dim=64,backend=fast") in {(f.kind, f.key) for f in result.regressions}
 
 
+def test_an_exponent_rising_to_the_ops_own_is_not_a_regression_but_one_past_it_is():
+    lengths = (512, 1024, 2048, 4096)
+    torch_rows = {("torch", L): L / 100 for L in lengths}
+    # A baseline whose short lengths were dominated by a fixed per-call cost: slope about 0.6.
+    overhead = synthetic_rows({**torch_rows, **{("fast", L): 3 + L / 1000 for L in lengths}})
+    linear = synthetic_rows({**torch_rows, **{("fast", L): L / 1000 for L in lengths}}, seed=1)
+    key = ("exponent", "selective_scan dim=64,backend=fast")
+    b, c = portable_figures(overhead)[key], portable_figures(linear)[key]
+    assert c.value - b.value > 0.15 and c.lo > b.hi and c.due == 1.0  # what the plain rule would fail
+    result = gate(GateInput("b", "x", {}, overhead, None), GateInput("c", "y", {}, linear, None), portable=True)
+    assert key not in {(f.kind, f.key) for f in result.regressions}
+    steeper = synthetic_rows({**torch_rows, **{("fast", L): (L / 1000) ** 1.5 for L in lengths}}, seed=2)
+    result = gate(GateInput("b", "x", {}, overhead, None), GateInput("c", "y", {}, steeper, None), portable=True)
+    assert key in {(f.kind, f.key) for f in result.regressions}
+
+
 def test_third_party_backends_are_measured_but_not_gated():
     lengths = (512, 1024, 2048)
     base = synthetic_rows({**{("torch", L): L / 100 for L in lengths},

@@ -143,6 +143,8 @@ class Op:
     layout and optional argument (on the CPU, float32; the tests add devices and dtypes).
     length_field: the problem field that is the sequence length (what backends' max_sensible_len
     bounds), absent from the problems of the one-step ops.
+    length_exponent: the exponent of the op's work in that length (every length growing with it):
+    1 for a scan or a convolution, 2 for causal self-attention.
     """
 
     name: str
@@ -158,6 +160,7 @@ class Op:
     doc: str = ""
     exps: Callable[[Problem], int] | None = None
     length_field: str = "seqlen"
+    length_exponent: float = 1.0
 
     @cached_property
     def reference_fn(self) -> Callable:

@@ -126,6 +126,7 @@ def test_problems() -> list[AttentionProblem]:
 OP = Op(
     name="attention",
     length_field="seqlen_q",
+    length_exponent=2.0,
     problem_type=AttentionProblem,
     make_inputs=make_inputs,
     problem_of=problem_of,

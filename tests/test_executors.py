@@ -84,6 +84,27 @@ def test_each_executor_gives_the_same_case_ids_all_ok(tmp_path, name, capsys):
         print(f"\n{name}: {len(rows)} rows, statuses {dict(rows['status'].value_counts())}, {wall:.1f} s")
 
 
+def test_a_suite_preset_on_each_executor_from_the_command_line_gives_the_local_rows(tmp_path):
+    make("ray"), make("submitit")  # both must be installed
+    flags = {"local": [], "ray": ["--executor", "ray"], "submitit": ["--executor", "submitit", "--cluster", "local"]}
+    by_executor = {}
+    for name, extra in flags.items():
+        argv = ["--results-dir", str(tmp_path / name), "run", "--suite", "jamba_cache", "--preset", "cpu-small",
+                "--quiet", *extra]
+        assert cli.main(argv) == 0, name
+        rows = load_runs(next((tmp_path / name).iterdir()))
+        by_executor[name] = rows.set_index("case_id").sort_index()
+    local = by_executor["local"]
+    assert len(local) > 10 and set(local["status"]) == {"ok"}
+    for name in ("ray", "submitit"):
+        rows = by_executor[name]
+        assert list(rows.index) == list(local.index), name
+        assert (rows["status"] == "ok").all(), name
+        # What the workers measured (bytes each cache allocated) is the same wherever they ran.
+        assert rows["measured_bytes"].notna().any(), name
+        assert (rows["measured_bytes"].fillna(-1) == local["measured_bytes"].fillna(-1)).all(), name
+
+
 @pytest.mark.parametrize("name", ["ray", "submitit"])
 def test_a_lost_task_or_job_is_a_failed_row_and_the_sweep_goes_on(tmp_path, name):
     todo = [custom("sleep", seconds=0.0, tag=0), custom("kill_parent", tag=1), custom("sleep", seconds=0.0, tag=2),

@@ -125,13 +125,14 @@ def test_timings_across_fingerprints_are_refused(runs):
     assert gate(baseline, other, portable=True).mode == "portable"
 
 
-def synthetic_rows(medians: dict[tuple[str, int], float], spread: float = 0.05, seed: int = 0) -> pd.DataFrame:
-    """Rows of selective_scan cases {(backend, seqlen): median ms} with 30 samples each."""
+def synthetic_rows(medians: dict[tuple[str, int], float], spread: float = 0.05, seed: int = 0,
+                   op: str = "causal_conv1d") -> pd.DataFrame:
+    """Rows of ``op`` cases {(backend, seqlen): median ms} with 30 samples each."""
     rng = np.random.default_rng(seed)
     rows = []
     for (backend, seqlen), median in medians.items():
         samples = list(median * (1 + spread * rng.standard_normal(30)))
-        rows.append({"case_id": f"{backend}-{seqlen}", "suite": "s", "op": "selective_scan", "backend": backend,
+        rows.append({"case_id": f"{backend}-{seqlen}", "suite": "s", "op": op, "backend": backend,
                      "fn": "", "dim": 64, "seqlen": seqlen, "status": "ok", "reason": "",
                      "median_ms": float(np.median(samples)), "samples_ms": samples})
     return pd.DataFrame(rows)
@@ -141,9 +142,9 @@ def test_portable_figures_and_their_regressions():
     lengths = (512, 1024, 2048, 4096)
     base = synthetic_rows({**{("torch", L): L / 100 for L in lengths}, **{("fast", L): L / 1000 for L in lengths}})
     figures = portable_figures(base)
-    ratio = figures[("ratio", "selective_scan fast/torch")]
+    ratio = figures[("ratio", "causal_conv1d fast/torch")]
     assert ratio.lo < 0.1 < ratio.hi and ratio.hi - ratio.lo < 0.03
-    slope = figures[("exponent", "selective_scan dim=64,backend=fast")]
+    slope = figures[("exponent", "causal_conv1d dim=64,backend=fast")]
     assert abs(slope.value - 1) < 0.03 and slope.lo <= slope.value <= slope.hi
     # Another machine, twice as slow overall: no machine-independent figure moves.
     other = synthetic_rows({k: 2 * v for k, v in
@@ -159,11 +160,11 @@ def test_portable_figures_and_their_regressions():
     worse = synthetic_rows({**{("torch", L): L / 100 for L in lengths},
                             **{("fast", L): L / 500 for L in lengths}}, seed=2)
     result = gate(GateInput("b", "x", {}, base, None), GateInput("c", "y", {}, worse, None), portable=True)
-    assert {(f.kind, f.key) for f in result.regressions} == {("ratio", "selective_scan fast/torch")}
+    assert {(f.kind, f.key) for f in result.regressions} == {("ratio", "causal_conv1d fast/torch")}
     steeper = synthetic_rows({**{("torch", L): L / 100 for L in lengths},
                               **{("fast", L): (L / 1000) ** 1.5 for L in lengths}}, seed=3)
     result = gate(GateInput("b", "x", {}, base, None), GateInput("c", "y", {}, steeper, None), portable=True)
-    assert ("exponent", "selective_scan dim=64,backend=fast") in {(f.kind, f.key) for f in result.regressions}
+    assert ("exponent", "causal_conv1d dim=64,backend=fast") in {(f.kind, f.key) for f in result.regressions}
 
 
 def test_an_exponent_rising_to_the_ops_own_is_not_a_regression_but_one_past_it_is():
@@ -172,7 +173,7 @@ def test_an_exponent_rising_to_the_ops_own_is_not_a_regression_but_one_past_it_i
     # A baseline whose short lengths were dominated by a fixed per-call cost: slope about 0.6.
     overhead = synthetic_rows({**torch_rows, **{("fast", L): 3 + L / 1000 for L in lengths}})
     linear = synthetic_rows({**torch_rows, **{("fast", L): L / 1000 for L in lengths}}, seed=1)
-    key = ("exponent", "selective_scan dim=64,backend=fast")
+    key = ("exponent", "causal_conv1d dim=64,backend=fast")
     b, c = portable_figures(overhead)[key], portable_figures(linear)[key]
     assert c.value - b.value > 0.15 and c.lo > b.hi and c.due == 1.0  # what the plain rule would fail
     result = gate(GateInput("b", "x", {}, overhead, None), GateInput("c", "y", {}, linear, None), portable=True)
@@ -182,12 +183,24 @@ def test_an_exponent_rising_to_the_ops_own_is_not_a_regression_but_one_past_it_i
     assert key in {(f.kind, f.key) for f in result.regressions}
 
 
+def test_a_python_loop_backend_has_an_exponent_but_no_ratio():
+    lengths = (512, 1024, 2048)
+    rows = synthetic_rows({**{("torch", L): L / 10 for L in lengths}, **{("torch_fast", L): L / 1000 for L in lengths}},
+                          op="selective_scan")  # selective_scan's torch steps over L in Python
+    figures = portable_figures(rows)
+    assert not [key for kind, key in figures if kind == "ratio"]
+    assert {key for kind, key in figures if kind == "exponent"} == {
+        "selective_scan dim=64,backend=torch", "selective_scan dim=64,backend=torch_fast"}
+    # An op timed only on others' backends has no figure of ours, and no error either.
+    assert portable_figures(synthetic_rows({("mambapy_seq", L): L / 300 for L in lengths}, op="selective_scan")) == {}
+
+
 def test_third_party_backends_are_measured_but_not_gated():
     lengths = (512, 1024, 2048)
-    base = synthetic_rows({**{("torch", L): L / 100 for L in lengths},
-                           **{("mambapy_seq", L): L / 300 for L in lengths}})
-    slower_peer = synthetic_rows({**{("torch", L): L / 100 for L in lengths},
-                                  **{("mambapy_seq", L): L / 50 for L in lengths}}, seed=1)
+    base = synthetic_rows({**{("torch_fast", L): L / 100 for L in lengths},
+                           **{("mambapy_seq", L): L / 300 for L in lengths}}, op="selective_scan")
+    slower_peer = synthetic_rows({**{("torch_fast", L): L / 100 for L in lengths},
+                                  **{("mambapy_seq", L): L / 50 for L in lengths}}, seed=1, op="selective_scan")
     assert not [k for k in portable_figures(base) if "mambapy_seq" in k[1]]
     result = gate(GateInput("b", "x", {}, base, None), GateInput("c", "y", {}, slower_peer, None), portable=True)
     assert result.exit_code == 0

@@ -291,6 +291,7 @@ def portable_figures(rows: pd.DataFrame, labels: dict[str, str] | None = None) -
         # between runs of unchanged code here (ssd torch forward 71 -> 31 ms, backward 218 -> 348 ms):
         # a ratio to it measures the machine, so loops have exponents but no ratios.
         loops = {name for name, backend in backends(op_name).items() if backend.python_loop}
+        due = get_op(op_name).length_exponent
         compiled = ours[~ours["backend"].isin(loops)]
         for _, group in compiled.groupby([compiled[c].map(_fmt) for c in fields], sort=True):
             by_backend = group.set_index("backend")
@@ -308,7 +309,7 @@ def portable_figures(rows: pd.DataFrame, labels: dict[str, str] | None = None) -
             for key, group in ours.groupby([ours[c].map(_fmt) for c in others] + [ours["backend"]], sort=True):
                 if group[length].nunique() >= 3:
                     figures[("exponent", f"{op_name_shown} {_key(others + ['backend'], key)}")] = _slope(
-                        group[length], group["median_ms"], get_op(op_name).length_exponent)
+                        group[length], group["median_ms"], due)
     return figures
 
 
@@ -383,10 +384,12 @@ def _figure_findings(base, cur, ratio_threshold: float, exponent_tolerance: floa
         else:
             change = c.value - b.value
             # Measured from the due exponent where the baseline sat below it (see Figure.due).
-            worse = c.value - max(b.value, c.due or -math.inf) > exponent_tolerance
+            floor = b.value if c.due is None else max(b.value, c.due)
+            worse = c.value - floor > exponent_tolerance
             better = change < -exponent_tolerance
-            detail = (f"log-log slope; tolerance {exponent_tolerance} over the baseline or the op's due "
-                      f"exponent {c.due:g}, whichever is higher, and disjoint 95% intervals")
+            over = "the baseline" if c.due is None else \
+                f"the baseline or the op's due exponent {c.due:g}, whichever is higher"
+            detail = f"log-log slope; tolerance {exponent_tolerance} over {over}, and disjoint 95% intervals"
         if worse and c.lo > b.hi:
             outcome = "regression"
         elif better and c.hi < b.lo:

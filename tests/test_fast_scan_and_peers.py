@@ -93,6 +93,23 @@ def test_block_length_follows_the_byte_budget():
     assert torch_chunked.block_steps(10 ** 9, 4, 100) == 1
 
 
+def test_the_states_saved_for_backward_grow_linearly_in_the_batch():
+    """Cache-sized blocks shrink as the batch grows; the states saved at their boundaries must not
+    then grow as the batch's square (batch 32 of a 125M model once saved 225 GiB)."""
+    def saved_bytes(batch):
+        problem = SelectiveScanProblem(batch=batch, dim=1536, dstate=16, seqlen=256)
+        leaves = {k: v.requires_grad_() if k in TENSORS else v for k, v in inputs(problem).items()}
+        total = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: total.append(t.numel() * t.element_size()) or t,
+                                                      lambda t: t):
+            torch_chunked.selective_scan(**leaves)
+        return sum(total)
+
+    # At batch 8 the blocks are n = 16 steps long (cache-sized ones would be 4): the states saved
+    # at their boundaries are then at most one more (b, d, l) input beyond 8x batch 1's.
+    assert saved_bytes(8) <= 8 * saved_bytes(1) + 8 * 1536 * 256 * 4
+
+
 PEERS = {
     "selective_scan": ("transformers", "mambapy_pscan", "mambapy_seq", "mamba_ssm_ref"),
     "ssd": ("transformers", "mamba_ssm_ref"),

@@ -125,6 +125,18 @@ def test_verdict_rule_on_synthetic_rows(ratio, expected):
     assert "batch 4: " + f"{ratio:.3f}" in verdict.measured
 
 
+def test_the_verdict_names_where_mambas_activations_are_saved_at_the_largest_batch():
+    rows = pd.DataFrame(
+        [memory_row("Transformer-125M", b, 2e9 * b, activation_bytes=1e9 * b, saved_in_Attention_bytes=6e8 * b)
+         for b in (1, 4)]
+        + [memory_row("Mamba-130M", b, 5e9 * b, activation_bytes=4e9 * b, saved_in_MambaMixer_bytes=3e9 * b,
+                      saved_in_Linear_bytes=1e9 * b) for b in (1, 4)])
+    (verdict,) = training.judge(rows, {})
+    assert verdict.verdict == "does not hold"
+    assert ("at batch 4: Mamba's step saves 16 GB of activations against the Transformer's 4 GB, 12 GB of them "
+            "in its MambaMixer modules (75%)") in verdict.reason
+
+
 def test_verdict_not_measured_without_both_models():
     rows = pd.DataFrame([memory_row("Transformer-125M", 1, 1e9)])
     (verdict,) = training.judge(rows, {})

@@ -33,8 +33,8 @@ BLOCK_BYTES = 3 << 20
 MAX_BLOCK_STEPS = 256
 
 
-def block_steps(state_elements: int, element_size: int, seqlen: int) -> int:
-    steps = BLOCK_BYTES // max(1, state_elements * element_size)
+def block_steps(state_elements: int, element_size: int, seqlen: int, at_least: int = 1) -> int:
+    steps = max(BLOCK_BYTES // max(1, state_elements * element_size), at_least)
     return max(1, min(steps, MAX_BLOCK_STEPS, seqlen))
 
 
@@ -62,7 +62,7 @@ class _Blocks:
     (b, d), B and C (b, g, n), and the block's buffers of exp(delta A) and of the states
     (b, g, n, k) with k = d / g."""
 
-    def __init__(self, u, delta, A, B, C):
+    def __init__(self, u, delta, A, B, C, for_backward: bool = False):
         b, d, l = u.shape
         g, n = B.shape[1], B.shape[2]
         self.b, self.d, self.l, self.g, self.n, self.k = b, d, l, g, n, d // g
@@ -75,7 +75,10 @@ class _Blocks:
         self.A_log2e = self.A * math.log2(math.e)
         self.B = B.permute(3, 0, 1, 2).contiguous()  # (l, b, g, n)
         self.C = C.permute(3, 0, 1, 2).contiguous()
-        self.steps = block_steps(b * d * n, u.element_size(), l)
+        # For autograd the blocks are at least n steps long: the states saved at their boundaries,
+        # (l / steps) x (b, d, n), are then no larger than one (b, d, l) input. Cache-sized blocks
+        # alone shrink as the batch grows, and the saved states would grow as its square.
+        self.steps = block_steps(b * d * n, u.element_size(), l, at_least=n if for_backward else 1)
         # X: exp(delta A) of the block; H[0]: the state before the block, H[1 + i]: after step i.
         self.X = u.new_empty(self.steps, b, g, n, self.k)
         self.H = u.new_empty(self.steps + 1, b, g, n, self.k)
@@ -115,9 +118,9 @@ class BlockedScan(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C):
-        blk = _Blocks(u, delta, A, B, C)
-        blocks = blk.blocks()
         keep = any(ctx.needs_input_grad)
+        blk = _Blocks(u, delta, A, B, C, for_backward=keep)
+        blocks = blk.blocks()
         starts = u.new_empty(len(blocks), *blk.H.shape[1:]) if keep else None
         y = u.new_empty(blk.l, blk.b, blk.d)
         blk.H[0].zero_()
@@ -137,7 +140,7 @@ class BlockedScan(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_y, grad_last):
         u, delta, A, B, C, starts = ctx.saved_tensors
-        blk = _Blocks(u, delta, A, B, C)
+        blk = _Blocks(u, delta, A, B, C, for_backward=True)
         b, g, n, k = blk.b, blk.g, blk.n, blk.k
         gy = time_major(grad_y)
         g_delta_u, g_delta = torch.empty_like(gy), torch.empty_like(gy)  # time-major

@@ -229,6 +229,18 @@ def test_scaling_judge_linear_against_quadratic():
     assert fused.verdict == "not applicable" and "SRAM" in fused.reason  # no fused kernel runs on a CPU
 
 
+def test_scan_linearity_is_judged_on_the_fastest_backend_and_shows_the_others():
+    rows = _rows({("selective_scan", "torch_fast"): lambda L: 0.01 * L,
+                  ("selective_scan", "torch"): lambda L: 0.1 * L ** 1.3}, LENGTHS)
+    scan = _verdicts("scaling", rows)["C1: selective scan time grows linearly in L"]
+    assert scan.verdict == "holds"
+    assert "fastest backend at the longest L: selective_scan/torch_fast: 1.00 [" in scan.measured
+    assert "also timed: selective_scan/torch: 1.30 [" in scan.measured
+    # The same growth in the fastest backend decides the other way.
+    slow = _rows({("selective_scan", "torch_fast"): lambda L: 0.001 * L ** 1.3}, LENGTHS)
+    assert _verdicts("scaling", slow)["C1: selective scan time grows linearly in L"].verdict == "does not hold"
+
+
 def test_scaling_judge_rejects_a_quadratic_ssm():
     rows = _rows({("selective_scan", "torch"): lambda L: 0.01 * L * L,
                   ("attention", "sdpa"): lambda L: 0.01 * L * L}, LENGTHS)

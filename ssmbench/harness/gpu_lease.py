@@ -166,7 +166,7 @@ def _statuses(runs: set[Path]) -> Counter:
     return counts
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python3 -m ssmbench.harness.gpu_lease", description=__doc__.split("\n\n")[0])
     parser.add_argument("--dry-run", action="store_true", help="list each suite's cases and the estimate; run nothing")
     parser.add_argument("--sdists", type=Path, default=Path(".sdist"),
@@ -178,6 +178,61 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--suites", help="only these suites (comma-separated)")
     parser.add_argument("--budget", type=float, default=SUITES_BUDGET_S,
                         help=f"seconds the suites share (default {SUITES_BUDGET_S:.0f})")
+    return parser
+
+
+def _dry_build(args) -> None:
+    """What the build step would do, without building."""
+    print("build step:")
+    if not args.sdists.is_dir():
+        print(f"  --sdists {args.sdists} is not a folder: no third-party build, their backends will say so")
+        return
+    tpb.main(["--sdists", str(args.sdists), "--arch", os.environ.get("TORCH_CUDA_ARCH_LIST", "9.0"),
+              "--jobs", os.environ.get("MAX_JOBS", "16"), "--timeout", str(args.build_timeout), "--dry-run"])
+
+
+def _build(args, env: dict, folder: Path) -> list[str]:
+    """Our CUDA extension and, from --sdists, the third-party kernels, built side by side; ``env``
+    gains the paths that make the built packages importable. Returns the report's lines."""
+    prefix = Path(env.get("SSMBENCH_KERNELS", "/tmp/ssmbench-kernels"))
+    extension = subprocess.Popen([sys.executable, "-c", "from ssmbench.kernels.cuda import build; build.extension()"],
+                                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if args.sdists.is_dir():
+        _run_limited([sys.executable, "-m", "ssmbench.harness.third_party_build", "--sdists", str(args.sdists),
+                      "--prefix", str(prefix), "--timeout", str(args.build_timeout), "--jobs", env["MAX_JOBS"]],
+                     args.build_timeout + 2 * tpb.PYTHON_PART_TIMEOUT_S, env, folder / "build.log")
+        lines = ["## Builds", "", "```", *(folder / "build.log").read_text().splitlines()[-4:], "```", ""]
+        env["PYTHONPATH"] = ":".join(filter(None, [tpb.python_path(prefix), env.get("PYTHONPATH")]))
+        env["SSMBENCH_BUILD_REASONS"] = str(prefix / "reasons")
+    else:
+        lines = [f"No builds: --sdists {args.sdists} is not a folder.", ""]
+    extension.wait()
+    return lines
+
+
+def _run_suites(plans, cli: list[str], env: dict, folder: Path, results: Path) -> tuple[list[str], set[Path]]:
+    """Each planned suite in its own process under its time limit: the report's table lines and
+    the run folders the suites wrote."""
+    lines = ["## Suites", "", "| suite | cases | rows by status | seconds (limit) | ended |", "|---|---|---|---|---|"]
+    written: set[Path] = set()
+    for p in plans:
+        print(f"== {p.suite}: {p.cases} cases, limit {p.limit_s:.0f} s", flush=True)
+        before = _runs(results)
+        log = folder / f"{p.suite}.log"
+        code, seconds = _run_limited(cli + ["run", "--suite", p.suite, "--preset", PRESET, "--quiet"],
+                                     p.limit_s, env, log)
+        new = _runs(results) - before
+        written |= new
+        ended = ("done" if code == 0 else "stopped at its limit" if code is None
+                 else f"exit {code}: {(log.read_text().strip().splitlines() or [''])[-1][:200]}")
+        counts = ", ".join(f"{k} {v}" for k, v in sorted(_statuses(new).items())) or "none"
+        lines.append(f"| {p.suite} | {p.cases} | {counts} | {seconds:.0f} ({p.limit_s:.0f}) | {ended} |")
+        print(lines[-1], flush=True)
+    return lines, written
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
     args = parser.parse_args(argv)
     wanted = args.suites.split(",") if args.suites else None
     unknown = sorted(set(wanted or ()) - set(lease_suites()))
@@ -186,22 +241,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.budget <= 0 or args.build_timeout <= 0:
         parser.error("--budget and --build-timeout must be positive")
     plans = plan(args.budget, wanted)
-    build_s = 0.0 if args.no_build else args.build_timeout
     print(f"gpu-lease preset of {len(plans)} suites")
     without = [s for s in CLAIM_SUITES if s in available_suites() and s not in lease_suites()]
     if without:
         print(f"claim suites without a gpu-lease preset, not run: {', '.join(without)}")
-    print(describe(plans, build_s, args.budget))
+    print(describe(plans, 0.0 if args.no_build else args.build_timeout, args.budget))
     if args.dry_run:
         if not args.no_build:
-            print("build step:")
-            if args.sdists.is_dir():
-                tpb.main(["--sdists", str(args.sdists), "--arch", os.environ.get("TORCH_CUDA_ARCH_LIST", "9.0"),
-                                        "--jobs", os.environ.get("MAX_JOBS", "16"),
-                                        "--timeout", str(args.build_timeout),
-                                        "--dry-run"])
-            else:
-                print(f"  --sdists {args.sdists} is not a folder: no third-party build, their backends will say so")
+            _dry_build(args)
         return 0
 
     import torch
@@ -220,41 +267,13 @@ def main(argv: list[str] | None = None) -> int:
     env.setdefault("TORCH_EXTENSIONS_DIR", "/tmp/ssmbench-extensions")
     env["PYTHONUNBUFFERED"] = "1"
     lines = [f"# gpu-lease run on {gpu}", "", f"torch {torch.__version__}, CUDA {torch.version.cuda}", ""]
-
     if not args.no_build:
-        prefix = Path(env.get("SSMBENCH_KERNELS", "/tmp/ssmbench-kernels"))
-        ours = subprocess.Popen([sys.executable, "-c", "from ssmbench.kernels.cuda import build; build.extension()"],
-                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        if args.sdists.is_dir():
-            code, seconds = _run_limited(
-                [sys.executable, "-m", "ssmbench.harness.third_party_build", "--sdists", str(args.sdists),
-                 "--prefix", str(prefix), "--timeout", str(args.build_timeout), "--jobs", env["MAX_JOBS"]],
-                args.build_timeout + 2 * tpb.PYTHON_PART_TIMEOUT_S, env, folder / "build.log")
-            lines += ["## Builds", "", "```", *(folder / "build.log").read_text().splitlines()[-4:], "```", ""]
-            env["PYTHONPATH"] = ":".join(filter(None, [tpb.python_path(prefix), env.get("PYTHONPATH")]))
-            env["SSMBENCH_BUILD_REASONS"] = str(prefix / "reasons")
-        else:
-            lines += [f"No builds: --sdists {args.sdists} is not a folder.", ""]
-        ours.wait()
-
-    lines += ["## Suites", "", "| suite | cases | rows by status | seconds (limit) | ended |", "|---|---|---|---|---|"]
+        lines += _build(args, env, folder)
     cli = [sys.executable, "-m", "ssmbench.harness.cli", "--results-dir", str(results), "--reports-dir", str(reports)]
-    ours: set[Path] = set()
-    for p in plans:
-        print(f"== {p.suite}: {p.cases} cases, limit {p.limit_s:.0f} s", flush=True)
-        before = _runs(results)
-        log = folder / f"{p.suite}.log"
-        code, seconds = _run_limited(cli + ["run", "--suite", p.suite, "--preset", PRESET, "--quiet"],
-                                     p.limit_s, env, log)
-        new = _runs(results) - before
-        ours |= new
-        ended = ("done" if code == 0 else "stopped at its limit" if code is None
-                 else f"exit {code}: {(log.read_text().strip().splitlines() or [''])[-1][:200]}")
-        counts = ", ".join(f"{k} {v}" for k, v in sorted(_statuses(new).items())) or "none"
-        lines.append(f"| {p.suite} | {p.cases} | {counts} | {seconds:.0f} ({p.limit_s:.0f}) | {ended} |")
-        print(lines[-1], flush=True)
-    if ours:
-        _run_limited(cli + ["report", *sorted(map(str, ours))], 120, env, folder / "report.log")
+    table, written = _run_suites(plans, cli, env, folder, results)
+    lines += table
+    if written:
+        _run_limited(cli + ["report", *sorted(map(str, written))], 120, env, folder / "report.log")
         shown = (folder / "report.log").read_text().strip().splitlines()
         lines += ["", f"Report: {shown[-1] if shown else '(none written)'}"]
     (folder / "lease.md").write_text("\n".join(lines) + "\n")

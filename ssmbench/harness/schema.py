@@ -62,7 +62,6 @@ class TimingColumns:
     samples_ms: list[float] | None = None
     first_call_ms: float | None = None
     warmup_calls: int | None = None
-    hot_cache: bool | None = None
     interleaved: bool | None = None
     self_spread: float | None = None  # the second copy of a stability comparison over the first, less 1
     self_p: float | None = None

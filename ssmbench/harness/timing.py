@@ -20,7 +20,6 @@ class Timing:
     samples_ms: list[float] = field(repr=False)
     first_call_ms: float
     warmup_calls: int
-    hot_cache: bool = False
 
     @property
     def n(self) -> int:
@@ -52,7 +51,6 @@ class Timing:
             "median_ms": self.median_ms, "mean_ms": self.mean_ms, "min_ms": self.min_ms,
             "iqr_ms": self.iqr_ms, "ci_low_ms": lo, "ci_high_ms": hi, "n_samples": self.n,
             "first_call_ms": self.first_call_ms, "warmup_calls": self.warmup_calls,
-            "hot_cache": self.hot_cache,
         }
 
 
@@ -65,17 +63,17 @@ class _CpuClock:
 
 
 class _CudaClock:
-    def __init__(self, flush: bool):
+    """CUDA events around each call, the L2 cache flushed before it: a call's inputs are read
+    from memory, as they are in a model, not from the previous sample's cache."""
+
+    def __init__(self):
         self.begin = torch.cuda.Event(enable_timing=True)
         self.end = torch.cuda.Event(enable_timing=True)
-        self.flush_buffer = None
-        if flush:
-            l2 = getattr(torch.cuda.get_device_properties(0), "L2_cache_size", 64 << 20)
-            self.flush_buffer = torch.empty(2 * l2 // 4, dtype=torch.int32, device="cuda")
+        l2 = getattr(torch.cuda.get_device_properties(0), "L2_cache_size", 64 << 20)
+        self.flush_buffer = torch.empty(2 * l2 // 4, dtype=torch.int32, device="cuda")
 
     def start(self):
-        if self.flush_buffer is not None:
-            self.flush_buffer.zero_()
+        self.flush_buffer.zero_()
         self.begin.record()
 
     def stop(self) -> float:
@@ -85,8 +83,7 @@ class _CudaClock:
 
 
 def measure(fn: Callable[[], object], device: str = "cpu", *, min_repeats: int = 3,
-            max_repeats: int = 50, budget_s: float = 2.0, max_warmup: int = 10,
-            hot_cache: bool = False) -> Timing:
+            max_repeats: int = 50, budget_s: float = 2.0, max_warmup: int = 10) -> Timing:
     """Time ``fn``. The first call (compilation, autotuning, allocation) is kept apart; warm-up
     calls follow until two in a row agree within 10% (at most ``max_warmup``); then samples are
     taken until ``budget_s`` is spent or ``max_repeats`` reached (``min_repeats`` at least)."""
@@ -96,7 +93,7 @@ def measure(fn: Callable[[], object], device: str = "cpu", *, min_repeats: int =
     if cuda:
         torch.cuda.synchronize()
     fn = inject.slowed(fn, torch.cuda.synchronize if cuda else None)
-    clock = _CudaClock(flush=not hot_cache) if cuda else _CpuClock()
+    clock = _CudaClock() if cuda else _CpuClock()
 
     def once() -> float:
         clock.start()
@@ -116,18 +113,17 @@ def measure(fn: Callable[[], object], device: str = "cpu", *, min_repeats: int =
     t1 = time.perf_counter()
     while len(samples) < max_repeats and (len(samples) < min_repeats or time.perf_counter() - t1 < budget_s):
         samples.append(once())
-    return Timing(samples, first, warm, hot_cache)
+    return Timing(samples, first, warm)
 
 
 def measure_interleaved(fns: dict[str, Callable[[], object]], device: str = "cpu", *, min_rounds: int = 5,
-                        max_rounds: int = 50, budget_s: float = 4.0, warmup_rounds: int = 2,
-                        hot_cache: bool = False) -> dict[str, Timing]:
+                        max_rounds: int = 50, budget_s: float = 4.0, warmup_rounds: int = 2) -> dict[str, Timing]:
     """Time several callables in rounds, A B C A B C ..., the order rotated each round, so that
     drifts of the machine (clocks, heat, other load) fall on all of them alike."""
     from . import inject
 
     cuda = device == "cuda"
-    clock = _CudaClock(flush=not hot_cache) if cuda else _CpuClock()
+    clock = _CudaClock() if cuda else _CpuClock()
     names = list(fns)
     wrapped = {n: inject.slowed(f, torch.cuda.synchronize if cuda else None) for n, f in fns.items()}
 
@@ -148,4 +144,4 @@ def measure_interleaved(fns: dict[str, Callable[[], object]], device: str = "cpu
             n = names[(i + rounds) % len(names)]
             samples[n].append(once(n))
         rounds += 1
-    return {n: Timing(samples[n], first[n], warmup_rounds, hot_cache) for n in names}
+    return {n: Timing(samples[n], first[n], warmup_rounds) for n in names}

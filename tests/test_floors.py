@@ -46,3 +46,38 @@ def test_ops_count_their_exps():
     assert get_op("selective_scan").exps(SelectiveScanProblem(batch=2, dim=3, dstate=5, seqlen=7)) == 2 * 3 * 5 * 7
     assert get_op("ssd").exps(SSDProblem(batch=2, seqlen=7, nheads=3)) == 2 * 7 * 3
     assert get_op("attention").exps is None
+
+
+# Decode steps: their work in closed form against the run's ceilings.
+def test_a_decode_steps_bytes_are_its_weights_and_cache_and_a_moe_touches_more_experts_with_batch():
+    from ssmbench.models.generate import case_config, footprint
+    from ssmbench.models.roofline import decode_step_work
+
+    dense = case_config("Transformer-1.3B", 8)
+    fp = footprint(dense, 4, 300, "float32")
+    work = decode_step_work(dense, 4, 300, "float32")
+    assert work.bytes == fp.weights + fp.kv and work.kv_bytes == fp.kv
+    # Twice the context: attention FLOPs and KV bytes double, the matmuls' FLOPs stay.
+    longer = decode_step_work(dense, 4, 600, "float32")
+    attention = 4 * 4 * dense.n_heads * dense.head_dim * len(dense.attention_layers)
+    assert longer.flops - work.flops == attention * 300 and longer.kv_bytes == 2 * work.kv_bytes
+    mamba = case_config("Mamba-1.4B", 8)
+    state = footprint(mamba, 4, 300, "float32")
+    assert decode_step_work(mamba, 4, 300, "float32").bytes == state.weights + 2 * state.mamba  # read and written
+    assert decode_step_work(mamba, 4, 300, "float32").bytes == decode_step_work(mamba, 4, 9000, "float32").bytes
+    moe = case_config("Mixtral-8x7B", 32, 2)
+    one = decode_step_work(moe, 1, 1, "float32").bytes - moe.param_count(active=True) * 4
+    every = decode_step_work(moe, 4, 1, "float32").bytes - moe.param_count() * 4  # 4 tokens x top-2 = all 8
+    assert one == footprint(moe, 1, 1, "float32").kv and every == footprint(moe, 4, 1, "float32").kv
+
+
+@pytest.mark.parametrize("step_ms,bound", [(50.0, "overhead-bound"), (12.0, "memory-bound"), (3.0, "memory-bound")])
+def test_a_decode_step_is_named_by_what_bounds_it(step_ms, bound):
+    from ssmbench.models.roofline import StepWork, regime
+
+    # 1e8 bytes at 1e10 B/s = 10 ms, 5e8 FLOPs at 1e11 FLOP/s = 5 ms: the memory floor is the higher
+    work = StepWork(flops=5e8, bytes=1e8, kv_bytes=6e7)
+    r = regime(step_ms / 1e3, work, 1e11, 1e10)
+    assert r.bound == bound and r.kv_share == pytest.approx(0.6)
+    assert r.over_floor == pytest.approx(step_ms / 10)
+    assert regime(0.012, StepWork(5e9, 1e8, 0), 1e11, 1e10).bound == "compute-bound"  # 50 ms of FLOPs

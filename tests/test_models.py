@@ -91,6 +91,34 @@ def test_prefill_then_decode_matches_full_forward(family, ops):
         assert rel(logits, expected) < 1e-4, f"{family} [{ops}]: position {prompt - 1 + i}"
 
 
+@pytest.mark.parametrize("family", ["mamba", "transformer", "jamba"])
+def test_decoding_from_a_written_cache_continues_as_a_computed_prefill_would(family):
+    """``prefill=False`` runs the prompt's last token as a decode step over the cache as written:
+    over the cache a prefill of the other tokens wrote, the tokens are those of the full prefill."""
+    config = tiny(family)
+    model = build_model(config)
+    ids = torch.randint(0, config.vocab_size, (BATCH, PROMPT), generator=torch.Generator().manual_seed(2))
+    generator = Generator(model, BATCH, PROMPT + STEPS)
+    computed = generator.generate(ids, STEPS).tokens
+    with torch.inference_mode():
+        model.prefill(ids[:, :-1], generator.cache)
+    written = generator.generate(ids, STEPS, prefill=False)
+    assert torch.equal(written.tokens, computed)
+    assert written.prefill_s > 0 and written.decode_s > 0
+
+
+def test_the_hf_baseline_decodes_from_a_written_cache():
+    pytest.importorskip("transformers")
+    from ssmbench.models.generate import hf_generate, hf_written_cache
+
+    model = hf_model(tiny("transformer"))
+    ids = torch.randint(0, VOCAB, (BATCH, PROMPT), generator=torch.Generator().manual_seed(3))
+    cache = hf_written_cache(model, BATCH, PROMPT - 1)
+    assert cache.get_seq_length() == PROMPT - 1
+    assert hf_generate(model, ids, STEPS, cache).shape == (BATCH, STEPS)
+    assert cache.get_seq_length() == PROMPT + STEPS - 1  # one prompt token and STEPS - 1 decode steps
+
+
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_weight_and_cache_bytes_match_the_formulas(family):
     config = tiny(family)
@@ -204,6 +232,8 @@ def test_generation_case_measures(impl):
                           scale=16, layers=1, vocab=64, repeats=1)
     assert row["tokens_per_s"] > 0 and row["prefill_ms"] > 0 and row["decode_ms_per_token"] > 0
     assert row["total_ms"] == pytest.approx(row["samples_ms"][0])
+    # The decode step's work at the mean context (8 + 24 // 2), for its floors in the report.
+    assert row["step_bytes"] == row["weight_bytes"] + row["kv_bytes"] * 20 // 32 and row["step_flops"] > 0
     if impl == "ssmbench":
         assert row["cache_bytes"] == row["kv_bytes"] and row["ops"].startswith("attention=")
 

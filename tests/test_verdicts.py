@@ -200,6 +200,36 @@ def test_generation_ratio_decides_on_the_interval_of_its_repeats():
     assert wide["C2.mamba-6.9b-vs-transformer-1.3b"].verdict == "not measured"
 
 
+@pytest.mark.parametrize("suite", ["generation", "jamba_throughput"])
+def test_a_throughput_verdict_names_what_bound_each_decode_step_at_the_runs_ceilings(suite):
+    """Steps of 40 and 8 ms whose work takes at most 4 ms at the run's ceilings are overhead-bound,
+    and the verdict's reason says so with the measured floors; without ceilings it says nothing."""
+    pairs = {"generation": ("Mamba-1.4B (ours)", "Transformer-1.3B (ours)"),
+             "jamba_throughput": ("Jamba-v0.1 (ours)", "Mixtral-8x7B (ours)")}[suite]
+    records = []
+    for series, tps, step_ms in zip(pairs, (10.0, 20.0), (40.0, 8.0)):
+        for batch, prompt in ((1, 128), (4, 128)):
+            records.append({"series": series, "batch": batch, "gen": 32, "prompt": prompt, "status": "ok",
+                            "reason": "", "tokens_per_s": tps * batch, "model_name": series.split(" ")[0],
+                            "n_params": 1, "prefill_ms": 1.0, "decode_ms_per_token": step_ms, "dtype": "float32",
+                            "repeats": 3, "device": "cpu", "scale": 8, "layers": 0,
+                            "step_flops": 1e8, "step_bytes": 4e7, "step_kv_bytes": 1e7,
+                            "samples_ms": [batch * 32 / (tps * batch) * 1e3 * f for f in (0.99, 1.0, 1.01)]})
+    rows = pd.DataFrame(records)
+    manifest = {"preset": "cpu-small", "ceilings": {"copy_gbps": 10.0, "matmul_fp32_tflops": 0.1},
+                "environment": {"torch_threads": 2}}
+    judged_rows = [v for v in judged(suite, rows, manifest) if v.verdict == "does not hold"]
+    assert judged_rows
+    for v in judged_rows:
+        # 4e7 B at 10 GB/s = 4 ms, 1e8 FLOP at 0.1 TFLOP/s = 1 ms: 40 ms is 10x the floor, 8 ms only 2x
+        assert "overhead-bound (10.0x floor)" in v.measured and "memory-bound (2.0x floor)" in v.measured
+        assert "copy 10 GB/s" in v.reason and "KV cache 25% of its bytes" in v.reason
+        assert "overhead-bound: step 40 ms, 10.0x its higher floor" in v.reason
+        assert "neither a KV cache nor a fixed state moves it" in v.reason
+    bare = [v for v in judged(suite, rows, {"preset": "cpu-small"}) if v.verdict == "does not hold"]
+    assert bare and not any("floor" in v.measured or "floor" in v.reason for v in bare)
+
+
 def test_a_slope_without_an_interval_leaves_the_peers_linearity_undecided():
     rows = op_rows({("selective_scan", "torch_fast"): lambda L: 1e-3 * L ** 1.3}, [512, 1024], dim=1536)
     v = by_id(judged("peers", rows, {}))["peers.linear"]

@@ -5,6 +5,12 @@ from __future__ import annotations
 import pandas as pd
 
 
+def matmul_tflops(ceilings: dict, dtype: str) -> float | None:
+    """The measured matmul rate for ``dtype``: bf16's for half precision where measured, else fp32's."""
+    fp32 = ceilings.get("matmul_fp32_tflops")
+    return ceilings.get("matmul_bf16_tflops", fp32) if dtype in ("bfloat16", "float16") else fp32
+
+
 def add_ceiling_fractions(frame, ceilings: dict) -> None:
     """pct_bw and pct_flops: the case's GB/s and TFLOP/s over this machine's measured ceilings
     (copy bandwidth; matmul rate in bf16 for half-precision cases, else fp32). floor_ms: the
@@ -15,8 +21,7 @@ def add_ceiling_fractions(frame, ceilings: dict) -> None:
         frame["pct_bw"] = 100 * frame["gbps"] / ceilings["copy_gbps"]
         floors.append(pd.to_numeric(frame["bytes"], errors="coerce") / (ceilings["copy_gbps"] * 1e9))
     if "tflops" in frame and "dtype" in frame and ceilings.get("matmul_fp32_tflops"):
-        peak = ceilings.get("matmul_bf16_tflops", ceilings["matmul_fp32_tflops"])
-        rate = frame["dtype"].map(lambda d: peak if d in ("bfloat16", "float16") else ceilings["matmul_fp32_tflops"])
+        rate = frame["dtype"].map(lambda d: matmul_tflops(ceilings, d))
         frame["pct_flops"] = 100 * frame["tflops"] / rate
         floors.append(pd.to_numeric(frame["flops"], errors="coerce") / (rate * 1e12))
     if "exps" in frame and ceilings.get("exp_gexps"):

@@ -13,6 +13,7 @@ import importlib.util
 import logging
 import statistics
 import time
+import warnings
 from dataclasses import dataclass
 from functools import partial
 
@@ -23,6 +24,7 @@ from ..impls.checks import element_size
 from .cache import kv_cache_bytes, mamba_state_bytes
 from .configs import ModelConfig, get_model
 from .lm import LanguageModel, build_model, with_context
+from .roofline import decode_step_work
 
 GIB = 2**30
 
@@ -143,9 +145,11 @@ class Generator:
         graph.replay()
 
     @torch.inference_mode()
-    def generate(self, prompt: torch.Tensor, gen: int) -> Generation:
+    def generate(self, prompt: torch.Tensor, gen: int, prefill: bool = True) -> Generation:
         """Greedy continuation of ``prompt`` (b, l) by ``gen`` tokens: the first from the prefill,
-        then gen - 1 decode steps."""
+        then gen - 1 decode steps. ``prefill`` False: the cache of the prompt's first l - 1 tokens
+        is taken as written, not computed (its contents do not change a step's time), and the
+        last prompt token runs as a decode step in the prefill's place: decode alone, at context l."""
         b, length = prompt.shape
         if b != self.batch or length + gen > self.max_len or gen < 1:
             raise ValueError(f"generate: prompt {tuple(prompt.shape)} + {gen} tokens does not fit the "
@@ -155,7 +159,11 @@ class Generator:
         out = torch.empty(b, gen, dtype=torch.long, device=self.device)
         _sync(self.device)
         t0 = time.perf_counter()
-        self.token.copy_(self.model.prefill(prompt, self.cache).argmax(-1))
+        if prefill:
+            self.token.copy_(self.model.prefill(prompt, self.cache).argmax(-1))
+        else:
+            self.token.copy_(prompt[:, -1])
+            self._decode(length - 1)
         out[:, 0] = self.token
         _sync(self.device)
         t1 = time.perf_counter()
@@ -209,11 +217,32 @@ def hf_checkpoint(path_or_id: str, dtype="float32", device="cpu"):
 
 
 @torch.inference_mode()
-def hf_generate(model, prompt: torch.Tensor, gen: int) -> torch.Tensor:
-    """Greedy ``generate()`` of exactly ``gen`` new tokens, as the paper's baseline ran."""
-    out = model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
-                         max_new_tokens=gen, min_new_tokens=gen, pad_token_id=0)
+def hf_generate(model, prompt: torch.Tensor, gen: int, cache=None) -> torch.Tensor:
+    """Greedy ``generate()`` of exactly ``gen`` new tokens, as the paper's baseline ran; with a
+    ``cache`` of the prompt's first tokens (:func:`hf_written_cache`), from there."""
+    with warnings.catch_warnings():
+        # transformers 5 renames generate()'s past_key_values to cache; 4.x knows only the old name.
+        warnings.simplefilter("ignore", FutureWarning)
+        out = model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
+                             max_new_tokens=gen, min_new_tokens=gen, pad_token_id=0,
+                             **({"past_key_values": cache} if cache is not None else {}))
     return out[:, prompt.shape[1]:]
+
+
+def hf_written_cache(model, batch: int, tokens: int):
+    """A transformers DynamicCache holding ``tokens`` written (zero) keys and values per layer,
+    the counterpart of our generator's ``prefill=False``."""
+    import transformers
+
+    config = model.config
+    heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    cache = transformers.DynamicCache(config=config)
+    weight = next(model.parameters())
+    for layer in range(config.num_hidden_layers):
+        kv = torch.zeros(batch, heads, tokens, head_dim, dtype=weight.dtype, device=weight.device)
+        cache.update(kv, kv.clone(), layer)
+    return cache
 
 
 def case_config(model: str, scale: int = 1, layers: int = 0, vocab: int = 0, max_len: int = 0,
@@ -273,7 +302,8 @@ def _ops_text(model: LanguageModel, chosen: dict[str, str]) -> str:
     return ",".join(f"{op}={chosen.get(op, 'auto') if named[op] == 'auto' else named[op]}" for op in model.op_names)
 
 
-def _not_run(config: ModelConfig, fp: Footprint, impl: str, length: int, budget_gib: float) -> dict | None:
+def _not_run(config: ModelConfig, fp: Footprint, impl: str, length: int, budget_gib: float,
+             prefill: bool = True) -> dict | None:
     """The status and reason of a case that cannot run as asked, before anything is built."""
     if config.learned_positions and length > config.learned_positions:
         return {"status": "unsupported",
@@ -283,27 +313,70 @@ def _not_run(config: ModelConfig, fp: Footprint, impl: str, length: int, budget_
                 "reason": f"weights + cache ({fp.total / GIB:.3g} GiB) exceed the stated budget of {budget_gib:g} GiB"}
     if impl == "hf" and importlib.util.find_spec("transformers") is None:
         return {"status": "unavailable", "reason": "transformers is not installed (pip install 'ssmbench[peers]')"}
+    if impl == "hf" and not prefill and config.mamba_layers:
+        return {"status": "unsupported",
+                "reason": f"{config.name} has Mamba layers: a written cache is built for transformers' attention "
+                          f"caches only (DynamicCache), so its generate() cannot start from one"}
     return None
 
 
-def _hf_once(hf, ids: torch.Tensor, gen: int, dev: torch.device) -> tuple[float, float]:
+def _hf_once(hf, ids: torch.Tensor, gen: int, dev: torch.device, prefill: bool = True) -> tuple[float, float]:
     """(prefill s, decode s) of one ``generate()``: the prefill is timed as its own one-token call,
-    the decode is the rest of the full call."""
+    the decode is the rest of the full call. ``prefill`` False: each call starts from a cache of
+    the prompt's first tokens as written (built before the clock starts)."""
+    def cache():
+        return None if prefill else hf_written_cache(hf, ids.shape[0], ids.shape[1] - 1)
+
+    first = cache()
     _sync(dev)
     t0 = time.perf_counter()
-    hf_generate(hf, ids, 1)
+    hf_generate(hf, ids, 1, first)
     _sync(dev)
     t1 = time.perf_counter()
-    hf_generate(hf, ids, gen)
+    full = cache()
     _sync(dev)
-    return t1 - t0, time.perf_counter() - t1 - (t1 - t0)
+    t2 = time.perf_counter()
+    hf_generate(hf, ids, gen, full)
+    _sync(dev)
+    return t1 - t0, time.perf_counter() - t2 - (t1 - t0)
+
+
+def _our_generator(config: ModelConfig, checkpoint: str, backends: str, dtype: str, dev: torch.device, seed: int,
+                   batch: int, max_len: int, cuda_graphs: bool, state_dtype: str | None) -> Generator:
+    """Our model of ``config`` (random weights) or of ``checkpoint`` (its weights), in a generator."""
+    if checkpoint:
+        from .checkpoints import from_pretrained
+
+        lm = from_pretrained(checkpoint, ops=backends, dtype=dtype, device=str(dev))
+    else:
+        lm = build_model(config, ops=backends, dtype=dtype, device=str(dev), seed=seed)
+    return Generator(lm, batch, max_len, cuda_graphs=cuda_graphs, state_dtype=state_dtype)
+
+
+def _time_calls(once, repeats: int, batch: int, gen: int) -> tuple[dict, dict[str, str]]:
+    """The first call timed apart (graph capture, lazy initialisation), with the ops auto picks
+    during it recorded (named ones are passed through the OpBackends); then ``repeats`` timed
+    calls. Returns the row's timing fields and the auto choices."""
+    with _AutoChoices().attached() as choices:
+        t0 = time.perf_counter()
+        once()
+        first_call_s = time.perf_counter() - t0
+    samples = [once() for _ in range(repeats)]
+    prefill = sum(s[0] for s in samples) / repeats
+    decode = sum(s[1] for s in samples) / repeats
+    total = prefill + decode
+    totals_ms = [(p + d) * 1e3 for p, d in samples]
+    return {"prefill_ms": prefill * 1e3, "decode_ms_per_token": decode * 1e3 / max(gen - 1, 1),
+            "total_ms": total * 1e3, "tokens_per_s": batch * gen / total, "samples_ms": totals_ms,
+            "median_ms": statistics.median(totals_ms), "first_call_ms": first_call_s * 1e3,
+            "repeats": repeats}, choices.chosen
 
 
 def generation_case(model: str, impl: str = "ssmbench", batch: int = 1, prompt: int = 2048, gen: int = 128,
                     dtype: str = "float16", device: str = "cuda", scale: int = 1, layers: int = 0,
                     vocab: int = 0, backends: str = "auto", cuda_graphs: bool = True, repeats: int = 3,
                     budget_gib: float = 0.0, state_dtype: str = "", threads: int = 0, seed: int = 0,
-                    checkpoint: str = "") -> dict:
+                    checkpoint: str = "", prefill: bool = True) -> dict:
     """Time greedy generation of ``gen`` tokens after a ``prompt``-token prompt at ``batch``.
 
     impl "ssmbench": our model (static cache; CUDA graphs for decode on a GPU when
@@ -316,6 +389,8 @@ def generation_case(model: str, impl: str = "ssmbench", batch: int = 1, prompt: 
     whose weights + cache exceed it is not run and is recorded as "oom" with that reason.
     ``threads`` > 0 sets the worker's torch thread count (the row records it): on a CPU shared
     with other work, one thread per case keeps per-step times from waiting on busy cores.
+    ``prefill`` False: the prompt's cache is taken as written and only decode is timed, at
+    context ``prompt`` (:meth:`Generator.generate`); the "prefill" is then one decode step.
     """
     if impl not in ("ssmbench", "hf"):
         raise ValueError(f"impl must be 'ssmbench' or 'hf', got {impl!r}")
@@ -323,49 +398,33 @@ def generation_case(model: str, impl: str = "ssmbench", batch: int = 1, prompt: 
     fp = footprint(config, batch, prompt + gen, dtype, state_dtype or None)
     row = {"model_name": config.name, "n_params": config.param_count(), "weight_bytes": fp.weights,
            "kv_bytes": fp.kv, "state_bytes": fp.mamba, "footprint_bytes": fp.total}
-    refused = _not_run(config, fp, impl, prompt + gen, budget_gib)
+    refused = _not_run(config, fp, impl, prompt + gen, budget_gib, prefill)
     if refused:
         return {**row, **refused}
     if threads:
         torch.set_num_threads(threads)
     dev = torch.device(device)
+    # The decode step's work at its mean context: set against the run's measured ceilings, it
+    # says whether the step was bound by memory, compute or overhead.
+    work = decode_step_work(config, batch, prompt + gen // 2, dtype, state_dtype or None)
+    row.update(step_flops=work.flops, step_bytes=work.bytes, step_kv_bytes=work.kv_bytes)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
         row["device_memory_bytes"] = torch.cuda.get_device_properties(dev).total_memory
     ids = torch.randint(0, config.vocab_size, (batch, prompt), generator=torch.Generator().manual_seed(seed)).to(dev)
     if impl == "ssmbench":
-        if checkpoint:
-            from .checkpoints import from_pretrained
-
-            lm = from_pretrained(checkpoint, ops=backends, dtype=dtype, device=device)
-        else:
-            lm = build_model(config, ops=backends, dtype=dtype, device=device, seed=seed)
-        generator = Generator(lm, batch, prompt + gen, cuda_graphs=cuda_graphs and dev.type == "cuda",
-                              state_dtype=state_dtype or None)
+        generator = _our_generator(config, checkpoint, backends, dtype, dev, seed, batch, prompt + gen,
+                                   cuda_graphs and dev.type == "cuda", state_dtype or None)
         row.update(cache_bytes=generator.cache.nbytes, cuda_graphs=generator.cuda_graphs)
 
         def once():
-            result = generator.generate(ids, gen)
+            result = generator.generate(ids, gen, prefill)
             return result.prefill_s, result.decode_s
     else:
         hf = hf_checkpoint(checkpoint, dtype, device) if checkpoint else hf_model(config, dtype, device, seed)
-        once = partial(_hf_once, hf, ids, gen, dev)
-    # The first call (graph capture, lazy initialisation) is timed apart; the ops it runs are
-    # recorded (named ones are passed through the OpBackends, auto ones logged by the registry).
-    with _AutoChoices().attached() as choices:
-        t0 = time.perf_counter()
-        once()
-        first_call_s = time.perf_counter() - t0
-    samples = [once() for _ in range(repeats)]
-    prefill = sum(s[0] for s in samples) / repeats
-    decode = sum(s[1] for s in samples) / repeats
-    total = prefill + decode
-    totals_ms = [(p + d) * 1e3 for p, d in samples]
-    row.update(
-        ops=_ops_text(lm, choices.chosen) if impl == "ssmbench" else "transformers generate()",
-        prefill_ms=prefill * 1e3, decode_ms_per_token=decode * 1e3 / max(gen - 1, 1), total_ms=total * 1e3,
-        tokens_per_s=batch * gen / total, samples_ms=totals_ms, median_ms=statistics.median(totals_ms),
-        first_call_ms=first_call_s * 1e3, repeats=repeats)
+        once = partial(_hf_once, hf, ids, gen, dev, prefill)
+    timing, chosen = _time_calls(once, repeats, batch, gen)
+    row.update(timing, ops=_ops_text(generator.model, chosen) if impl == "ssmbench" else "transformers generate()")
     if impl == "ssmbench":
         # The allocated cache against the closed form: exact, so the portable gate checks it too.
         row.update(n_graphs=len(generator.graphs), equal=generator.cache.nbytes == fp.cache)

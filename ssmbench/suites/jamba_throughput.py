@@ -20,7 +20,7 @@ from ..models.configs import get_model
 from ..models.generate import GIB, case_config, footprint, max_context
 from . import common
 from .base import Case, Suite, Verdict
-from .generation import (FN, Model, best_batch, case_row, case_table, labelled, memory_table, ok_rows,
+from .generation import (FN, Model, best_batch, case_row, case_table, labelled, mechanism, memory_table, ok_rows,
                          throughput_figure, throughput_interval, throughput_table)
 
 NAME = "jamba_throughput"
@@ -114,11 +114,8 @@ def _ratio_at_longest(rows: pd.DataFrame, fast: str, slow: str):
 
 def judge(rows: pd.DataFrame, manifest: dict) -> list[Verdict]:
     device = common.device_label(rows, manifest)
-    on_cpu = not ("device" in rows and (rows["device"] == "cuda").any())
-    cpu_note = ("; a CPU measurement of scaled-down models, where per-operation overhead rather than memory "
-                "traffic bounds decoding: only the ratio is judged") if on_cpu else ""
     size = _size(ok_rows(rows))
-    return [long_context_verdict(rows, size, device, cpu_note), best_batch_verdict(rows, size, device, cpu_note),
+    return [long_context_verdict(rows, manifest, size, device), best_batch_verdict(rows, manifest, size, device),
             context_fits_verdict()]
 
 
@@ -133,7 +130,12 @@ def _size(done: pd.DataFrame) -> str:
             + f"; {first['dtype']}; generate {int(first['gen'])}")
 
 
-def long_context_verdict(rows: pd.DataFrame, size: str, device: str, cpu_note: str) -> Verdict:
+def _mechanism(rows: pd.DataFrame, manifest: dict, jamba: pd.Series, mixtral: pd.Series) -> tuple[str, str]:
+    names = dict(zip(rows["series"], labelled(rows)["series"]))
+    return mechanism([(names[JAMBA.series], jamba), (names[MIXTRAL.series], mixtral)], manifest)
+
+
+def long_context_verdict(rows: pd.DataFrame, manifest: dict, size: str, device: str) -> Verdict:
     base = dict(claim_id="C4.throughput-long-context",
                 claim="C4: Jamba's generation throughput is about 3x Mixtral's at long context (batch 1)",
                 paper_setting=PAPER_SETTING, paper_value=PAPER_RATIO, device=device)
@@ -143,16 +145,17 @@ def long_context_verdict(rows: pd.DataFrame, size: str, device: str, cpu_note: s
                        reason="no context ran for both Jamba and Mixtral at batch 1")
     L, value, ra, rb = r
     low, high = throughput_interval(ra, rb)
+    short, long = _mechanism(rows, manifest, ra, rb)
     return Verdict(**base, setting=f"{size}; batch 1, context {L:,}",
                    measured=f"{value:.2f}x [{low:.2f}, {high:.2f}] ({ra['tokens_per_s']:,.1f} vs "
-                            f"{rb['tokens_per_s']:,.1f} tokens/s)",
+                            f"{rb['tokens_per_s']:,.1f} tokens/s){short}",
                    verdict=common.interval_verdict(low, high, HOLDS_FROM),
                    reason=f"holds when the ratio at the longest common context has its 95% bootstrap "
                           f"interval (over the timed repeats) at or above {HOLDS_FROM:g}x, does not hold "
-                          f"when it lies below, otherwise undecided" + cpu_note)
+                          f"when it lies below, otherwise undecided" + long)
 
 
-def best_batch_verdict(rows: pd.DataFrame, size: str, device: str, cpu_note: str) -> Verdict:
+def best_batch_verdict(rows: pd.DataFrame, manifest: dict, size: str, device: str) -> Verdict:
     base = dict(claim_id="C4.throughput-best-batch",
                 claim="C4: Jamba's generation throughput is about 3x Mixtral's at a fixed context, best batch",
                 paper_setting=PAPER_SETTING, paper_value=PAPER_RATIO, device=device)
@@ -165,18 +168,20 @@ def best_batch_verdict(rows: pd.DataFrame, size: str, device: str, cpu_note: str
     a = best[best["series"] == JAMBA.series].iloc[0]
     b = best[best["series"] == MIXTRAL.series].iloc[0]
     value = a["tokens/s"] / b["tokens/s"]
-    low, high = throughput_interval(case_row(sweep, JAMBA.series, batch=a["best batch"]),
-                                    case_row(sweep, MIXTRAL.series, batch=b["best batch"]))
+    jamba, mixtral = (case_row(sweep, JAMBA.series, batch=a["best batch"]),
+                      case_row(sweep, MIXTRAL.series, batch=b["best batch"]))
+    low, high = throughput_interval(jamba, mixtral)
+    short, long = _mechanism(rows, manifest, jamba, mixtral)
     context, batches = int(sweep["prompt"].iloc[0]), sorted(int(b) for b in sweep["batch"].unique())
     return Verdict(
         **base, setting=f"{size}; context {context:,}, batch {batches[0]}..{batches[-1]}",
         measured=f"{value:.2f}x [{low:.2f}, {high:.2f}] (Jamba {a['tokens/s']:,.1f} tokens/s at batch "
                  f"{int(a['best batch'])}, Mixtral "
                  f"{b['tokens/s']:,.1f} at batch {int(b['best batch'])}; Mixtral's batches not run: "
-                 f"{b['batches not run']})",
+                 f"{b['batches not run']}){short}",
         verdict=common.interval_verdict(low, high, HOLDS_FROM),
         reason=f"holds when the best-batch ratio has its 95% bootstrap interval (over the timed repeats) at or "
-               f"above {HOLDS_FROM:g}x, does not hold when it lies below, otherwise undecided" + cpu_note)
+               f"above {HOLDS_FROM:g}x, does not hold when it lies below, otherwise undecided" + long)
 
 
 def context_fits_verdict() -> Verdict:

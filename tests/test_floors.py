@@ -71,7 +71,7 @@ def test_a_decode_steps_bytes_are_its_weights_and_cache_and_a_moe_touches_more_e
     assert one == footprint(moe, 1, 1, "float32").kv and every == footprint(moe, 4, 1, "float32").kv
 
 
-@pytest.mark.parametrize("step_ms,bound", [(50.0, "overhead-bound"), (12.0, "memory-bound"), (3.0, "memory-bound")])
+@pytest.mark.parametrize("step_ms,bound", [(50.0, "above its floors"), (12.0, "memory-bound"), (3.0, "memory-bound")])
 def test_a_decode_step_is_named_by_what_bounds_it(step_ms, bound):
     from ssmbench.models.roofline import StepWork, regime
 

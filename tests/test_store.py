@@ -347,3 +347,31 @@ def test_resume_still_refuses_another_stack(tmp_path):
     proc = ssmbench_cli("run", "--resume", str(run.path), "--quiet")
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 2 and "packages" in err and "Traceback" not in err
+
+
+def test_store_errors_name_the_file_and_field(tmp_path):
+    run = new_run(tmp_path, [])
+    run.append({"case_id": "x", "suite": "s", "status": "ok", "reason": ""})
+    with open(run.path / "rows.jsonl", "a") as f:
+        f.write(json.dumps({"schema_version": 1, "run_id": run.run_id, "case_id": "y", "suite": "s",
+                            "status": "fast", "reason": ""}) + "\n")
+    with pytest.raises(ResultsError, match=r"rows.jsonl, line 2: field 'status'"):
+        load_runs(run.path)
+    manifest = json.loads((run.path / "manifest.json").read_text())
+    del manifest["fingerprint"]
+    (run.path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ResultsError, match=r"manifest.json: manifest lacks field 'fingerprint'"):
+        load_runs(run.path)
+    (run.path / "manifest.json").write_text("{")
+    with pytest.raises(ResultsError, match="not valid JSON"):
+        load_runs(run.path)
+    with pytest.raises(ResultsError, match="neither a run folder"):
+        load_runs(tmp_path / "missing")
+
+
+def test_truncated_last_row_from_a_crash_is_ignored(tmp_path):
+    run = new_run(tmp_path, [])
+    run.append({"case_id": "x", "suite": "s", "status": "ok", "reason": ""})
+    with open(run.path / "rows.jsonl", "a") as f:
+        f.write('{"schema_version": 1, "run_')
+    assert list(load_runs(run.path)["case_id"]) == ["x"]

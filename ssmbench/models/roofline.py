@@ -5,8 +5,8 @@ The generation results this project checks ([M1] §4.5: Mamba 4-5x a Transformer
 about 3x Mixtral) rest on decode being memory-bound: every step re-reads the weights and the
 attention layers' KV cache, which grows with the context, while a Mamba layer's state stays
 fixed. Whether a measured step is in that regime is a measurement, not a supposition: a step
-that takes several times both its floors is bound by per-operation overhead (kernel launches,
-Python dispatch), where neither the KV cache nor the state size moves the time.
+that takes several times both its floors is above its floors, its time set by per-operation
+overhead (kernel launches, Python dispatch) or by kernels that run below the machine's peaks.
 """
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ from ..impls.checks import element_size
 from .cache import kv_cache_bytes, mamba_state_bytes
 from .configs import ModelConfig
 
-# A step taking more than this many times its higher floor is called overhead-bound: a factor
-# of 2 leaves room for the floors' own inefficiency (a decode GEMV reaches about half the
-# copy bandwidth), so that only a step dominated by neither floor is named so.
+# A step taking more than this many times its higher floor is bound by neither: a factor of 2
+# leaves room for the floors' own inefficiency (a decode GEMV reaches about half the copy
+# bandwidth), so that only a step dominated by neither floor is named so.
 OVERHEAD_FACTOR = 2.0
 
 
@@ -65,12 +65,16 @@ class Regime:
     def bound(self) -> str:
         floor = max(self.compute_s, self.memory_s)
         if self.step_s > OVERHEAD_FACTOR * floor:
-            return "overhead-bound"
+            return "above its floors"
         return "memory-bound" if self.memory_s >= self.compute_s else "compute-bound"
 
     @property
     def over_floor(self) -> float:
         return self.step_s / max(self.compute_s, self.memory_s)
+
+    @property
+    def nearer(self) -> str:
+        return "memory" if self.memory_s >= self.compute_s else "compute"
 
     def describe(self) -> str:
         return (f"{self.bound}: step {self.step_s * 1e3:.3g} ms, {self.over_floor:.1f}x its higher floor "

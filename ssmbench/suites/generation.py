@@ -267,15 +267,15 @@ def mechanism(named: list[tuple[str, pd.Series]], manifest: dict) -> tuple[str, 
     found = [(name, r) for name, row in named if (r := step_regime(row, ceilings)) is not None]
     if not found:
         return "", ""
-    short = "; decode " + ", ".join(f"{name.partition(' (')[0]} {r.bound} ({r.over_floor:.1f}x floor)"
-                                    for name, r in found)
+    short = "; decode " + ", ".join(f"{name.partition(' (')[0]} {r.bound} ({r.over_floor:.1f}x its {r.nearer} floor, "
+                                    f"KV cache {r.kv_share:.0%} of its bytes)" for name, r in found)
     threads = ((manifest or {}).get("environment") or {}).get("torch_threads")
     dtype = named[0][1].get("dtype")
     tflops = matmul_tflops(ceilings, dtype)
     per_byte = tflops * 1e12 / (ceilings["copy_gbps"] * 1e9)
     words = {
-        "overhead-bound": "per-operation cost, not its bytes or FLOPs, sets its time, so neither a KV cache nor a "
-                          "fixed state moves it",
+        "above its floors": "its time is set by per-operation overhead or by kernels running below this machine's "
+                            "peak rates, not by the bytes or FLOPs themselves",
         "compute-bound": f"its matmuls, not the bytes it reads, set its time on this device ({per_byte:.0f} FLOPs "
                          f"per byte of copy bandwidth)",
         "memory-bound": "the bytes it reads set its time",

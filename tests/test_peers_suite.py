@@ -71,6 +71,16 @@ def test_judge_rejects_too_small_a_lead_and_superlinear_growth():
     assert linear.verdict == "does not hold" and "selective_scan/torch_fast: 1.3" in linear.measured
 
 
+def test_a_speedup_verdict_sets_both_against_the_problems_floor():
+    rows = _rows({("selective_scan", "torch_fast"): lambda L: 0.01 * L,
+                  ("selective_scan", "mambapy_pscan"): lambda L: 0.025 * L})
+    rows["floor_ms"] = rows["seqlen"] * 0.005  # the problem's floor, the same for every backend
+    rows["x_floor"] = rows["median_ms"] / rows["floor_ms"]
+    scan = SUITE.judge(rows, {})[0]
+    assert "floor for the problem (41 ms" in scan.reason and "ours ran at 2.0x it and the peer at 5.0x" in scan.reason
+    assert "floor" not in SUITE.judge(rows.drop(columns=["floor_ms", "x_floor"]), {})[0].reason
+
+
 def test_judge_without_peers_is_not_measured():
     rows = _rows({("selective_scan", "torch_fast"): lambda L: 0.01 * L})
     scan, ssd, linear = SUITE.judge(rows, {})

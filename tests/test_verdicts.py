@@ -227,6 +227,8 @@ def test_a_throughput_verdict_names_what_bound_each_decode_step_at_the_runs_ceil
         assert "copy 10 GB/s" in v.reason and "KV cache 25% of its bytes" in v.reason
         assert "above its floors: step 40 ms, 10.0x its higher floor" in v.reason
         assert "per-operation overhead or by kernels running below this machine's peak rates" in v.reason
+        # Both best at batch 4 with 4 ms floors: at their floors the two would decode alike.
+        assert "with both steps at their floors, decode throughput would be 1.00x" in v.reason
     bare = [v for v in judged(suite, rows, {"preset": "cpu-small"}) if v.verdict == "does not hold"]
     assert bare and not any("floor" in v.measured or "floor" in v.reason for v in bare)
 

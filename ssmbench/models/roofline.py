@@ -63,14 +63,17 @@ class Regime:
 
     @property
     def bound(self) -> str:
-        floor = max(self.compute_s, self.memory_s)
-        if self.step_s > OVERHEAD_FACTOR * floor:
+        if self.step_s > OVERHEAD_FACTOR * self.floor_s:
             return "above its floors"
         return "memory-bound" if self.memory_s >= self.compute_s else "compute-bound"
 
     @property
+    def floor_s(self) -> float:
+        return max(self.compute_s, self.memory_s)
+
+    @property
     def over_floor(self) -> float:
-        return self.step_s / max(self.compute_s, self.memory_s)
+        return self.step_s / self.floor_s
 
     @property
     def nearer(self) -> str:

@@ -264,11 +264,11 @@ def mechanism(named: list[tuple[str, pd.Series]], manifest: dict) -> tuple[str, 
     """(short, long) words on what bound each named case row's decode step, as measured: the
     short for the verdict's measured value, the long for its reason."""
     ceilings = (manifest or {}).get("ceilings") or {}
-    found = [(name, r) for name, row in named if (r := step_regime(row, ceilings)) is not None]
+    found = [(name, r, row) for name, row in named if (r := step_regime(row, ceilings)) is not None]
     if not found:
         return "", ""
     short = "; decode " + ", ".join(f"{name.partition(' (')[0]} {r.bound} ({r.over_floor:.1f}x its {r.nearer} floor, "
-                                    f"KV cache {r.kv_share:.0%} of its bytes)" for name, r in found)
+                                    f"KV cache {r.kv_share:.0%} of its bytes)" for name, r, _ in found)
     threads = ((manifest or {}).get("environment") or {}).get("torch_threads")
     dtype = named[0][1].get("dtype")
     tflops = matmul_tflops(ceilings, dtype)
@@ -284,7 +284,12 @@ def mechanism(named: list[tuple[str, pd.Series]], manifest: dict) -> tuple[str, 
             f"that grows with the context while a Mamba layer's state stays fixed. Measured against the floors at "
             f"this run's ceilings (copy {ceilings['copy_gbps']:.3g} GB/s, matmul {tflops:.3g} TFLOP/s for {dtype}, "
             f"on {threads or '?'} thread(s)): "
-            + "; ".join(f"{name}: {r.describe()}: {words[r.bound]}" for name, r in found))
+            + "; ".join(f"{name}: {r.describe()}: {words[r.bound]}" for name, r, _ in found))
+    if len(found) == 2:
+        # The most these batches allow on this machine: each step at its higher floor.
+        (_, fast, a), (_, slow, b) = found
+        at_floors = (a["batch"] / fast.floor_s) / (b["batch"] / slow.floor_s)
+        long += f"; with both steps at their floors, decode throughput would be {at_floors:.2f}x"
     return short, long
 
 

@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from ..impls.registry import backends
@@ -106,7 +107,8 @@ def ratios(t: pd.DataFrame) -> pd.DataFrame:
         ratio, low, high = common.speedup(peer["samples_ms"], best["samples_ms"])
         records.append({"op": op, "L": int(L), "ours": best["backend"], "ours_ms": best["median_ms"],
                         "peer": peer["backend"], "peer_ms": peer["median_ms"], "speedup": ratio,
-                        "ci_low": low, "ci_high": high})
+                        "ci_low": low, "ci_high": high, "floor_ms": best.get("floor_ms", np.nan),
+                        "ours_x_floor": best.get("x_floor", np.nan), "peer_x_floor": peer.get("x_floor", np.nan)})
     return pd.DataFrame(records)
 
 
@@ -152,6 +154,11 @@ def _speedup_verdict(op: str, r: pd.DataFrame, device: str, setting: str) -> Ver
                        reason="needs a timed torch backend and a timed third-party backend at a common L")
     at = mine.loc[mine["L"].idxmax()]
     note = "" if at["L"] == TARGET_L else f"; measured at L={at['L']}, not the target's L={TARGET_L}"
+    if pd.notna(at.get("ours_x_floor")) and pd.notna(at.get("peer_x_floor")):
+        # Where the margin could come from: both against the one floor of this problem on this machine.
+        note += (f"; against this machine's floor for the problem ({at['floor_ms']:.3g} ms: the largest of its "
+                 f"bytes at the copy bandwidth, FLOPs at the matmul rate, exps at the exp rate), ours ran at "
+                 f"{at['ours_x_floor']:.1f}x it and the peer at {at['peer_x_floor']:.1f}x")
     measured = (f"{at['peer']} / {at['ours']} at L={at['L']}: {at['speedup']:.2f}x [{at['ci_low']:.2f}, "
                 f"{at['ci_high']:.2f}] ({at['peer_ms']:.1f} ms vs {at['ours_ms']:.1f} ms)")
     return Verdict(**base, measured=measured, verdict=common.interval_verdict(at["ci_low"], at["ci_high"], target),

@@ -98,3 +98,14 @@ def test_device_check_says_it_needs_a_gpu(tmp_path):
     done = _device_check(OUT=str(tmp_path))
     assert done.returncode == 2 and "torch sees no CUDA GPU on this machine" in done.stderr
     assert not list(tmp_path.iterdir())
+
+
+def test_list_shows_each_backend_with_its_backward_and_status(capsys):
+    assert cli.main(["list", "--op", "selective_scan"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].split() == ["op", "backend", "kind", "devices", "backward", "status", "reason", "/",
+                                           "description"]
+    fast = next(line for line in out.splitlines() if " torch_fast " in line).split()
+    assert fast[4] == "yes" and fast[5] == "ok"
+    rows = [line.split() for line in out.splitlines() if line.startswith("selective_scan ")]
+    assert {r[1]: r[4] for r in rows}["cuda"] == "no"  # our CUDA scan is forward only

@@ -12,10 +12,11 @@ def run(args) -> int:
         problem = get_op(op).default_problem.replace(device=args.device) if args.device else None
         for backend in backends(op).values():
             status, why = reasons(backend, problem)
-            rows.append([op, backend.name, backend.kind, "/".join(backend.devices), status,
-                         "; ".join(why) or backend.description])
-    print(tabulate(rows, headers=["op", "backend", "kind", "devices", "status", "reason / description"],
-                   maxcolwidths=[None, None, None, None, None, 70]))
+            # A declared backward is checked against autograd through the reference like the forward.
+            rows.append([op, backend.name, backend.kind, "/".join(backend.devices),
+                         "yes" if backend.has_backward else "no", status, "; ".join(why) or backend.description])
+    print(tabulate(rows, headers=["op", "backend", "kind", "devices", "backward", "status", "reason / description"],
+                   maxcolwidths=[None, None, None, None, None, None, 70]))
     return 0
 
 

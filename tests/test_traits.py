@@ -47,8 +47,9 @@ def op_folder(tmp_path, monkeypatch):
 
 
 def test_cpu_presets_keep_their_cases():
-    # Recorded before backends had traits (and since, as backends were added): a backend added
-    # later may add cases (the kernels suite times every backend), and nothing else may change.
+    # Recorded before backends had traits (and since, as backends were added, and when a preset
+    # was redesigned: generation's cpu-small at published widths): a backend added later may add
+    # cases (the kernels suite times every backend), and nothing else may change.
     before = json.loads((DATA / "cpu_case_ids.json").read_text())
     for key, recorded in before.items():
         suite, preset = key.split(":")

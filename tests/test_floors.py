@@ -1,5 +1,6 @@
 """The floor of a timed case: the longest of its bytes, flops and exps at this machine's measured
-copy, matmul and exp rates, and the case's time as a multiple of it."""
+copy, matmul and exp rates, and the case's time as a multiple of it; and a decode step's work
+in closed form, set against the same rates."""
 import math
 
 import pandas as pd
@@ -10,6 +11,8 @@ from ssmbench.harness.derived import add_ceiling_fractions
 from ssmbench.impls import get_op
 from ssmbench.impls.selective_scan import SelectiveScanProblem
 from ssmbench.impls.ssd import SSDProblem
+from ssmbench.models.generate import case_config, footprint
+from ssmbench.models.roofline import StepWork, decode_step_work, regime
 
 CEILINGS = {"copy_gbps": 10.0, "matmul_fp32_tflops": 0.5, "matmul_bf16_tflops": 2.0, "exp_gexps": 1.0}
 
@@ -50,9 +53,6 @@ def test_ops_count_their_exps():
 
 # Decode steps: their work in closed form against the run's ceilings.
 def test_a_decode_steps_bytes_are_its_weights_and_cache_and_a_moe_touches_more_experts_with_batch():
-    from ssmbench.models.generate import case_config, footprint
-    from ssmbench.models.roofline import decode_step_work
-
     dense = case_config("Transformer-1.3B", 8)
     fp = footprint(dense, 4, 300, "float32")
     work = decode_step_work(dense, 4, 300, "float32")
@@ -73,8 +73,6 @@ def test_a_decode_steps_bytes_are_its_weights_and_cache_and_a_moe_touches_more_e
 
 @pytest.mark.parametrize("step_ms,bound", [(50.0, "above its floors"), (12.0, "memory-bound"), (3.0, "memory-bound")])
 def test_a_decode_step_is_named_by_what_bounds_it(step_ms, bound):
-    from ssmbench.models.roofline import StepWork, regime
-
     # 1e8 bytes at 1e10 B/s = 10 ms, 5e8 FLOPs at 1e11 FLOP/s = 5 ms: the memory floor is the higher
     work = StepWork(flops=5e8, bytes=1e8, kv_bytes=6e7)
     r = regime(step_ms / 1e3, work, 1e11, 1e10)

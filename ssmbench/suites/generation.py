@@ -148,7 +148,7 @@ SETTINGS = {
     # of 2016 tokens x 64 sequences would take minutes here), batches up to where the
     # Transformer's KV cache is most of its bytes. Transformer-1.3B's 2048 learned positions
     # bound prompt + gen. generate()'s DynamicCache appends with torch.cat, copying the whole
-    # cache every step (measured: 18 tokens/s at batch 1 and at batch 4), so its batches stop at
+    # cache every step (measured: about 20 tokens/s at batch 1 and at batch 4), so its batches stop at
     # 16, past its best. Mamba-6.9B at 4096 wide is compute-bound from batch 16 (1 s a step at
     # batch 64, measured), so it stops there.
     "cpu-small": Setting(
@@ -364,7 +364,10 @@ def _depth_text(done: pd.DataFrame) -> str:
         layers = int(group["layers"].fillna(0).iloc[0])
         if layers:
             cuts.append(f"{model} {layers} of {get_model(model).n_layers} layers")
-    return ("published widths, depth and vocabulary cut in proportion (" + ", ".join(cuts) + "): every layer as "
+    scale = int(done["scale"].fillna(1).iloc[0]) if "scale" in done else 1
+    if scale != 1:
+        return f"widths / {scale}, depth and vocabulary cut in proportion ({', '.join(cuts)})"
+    return (f"published widths, depth and vocabulary cut in proportion ({', '.join(cuts)}): every layer as "
             "published and each model's share of layers to LM head kept, so that a decode step moves the "
             "published bytes per layer")
 

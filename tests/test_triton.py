@@ -112,10 +112,10 @@ def test_where_it_runs(op_name):
 
 
 @pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
+@pytest.mark.parametrize("module", ["selective_scan", "selective_scan_backward"])
 @pytest.mark.parametrize("dstate", [1, 4, 16, 64, 256])
-def test_scan_candidates_fit_the_budget(dstate):
-    from ssmbench.kernels.triton import selective_scan as kernels
-
+def test_scan_candidates_fit_the_budget(dstate, module):
+    kernels = importlib.import_module(f"ssmbench.kernels.triton.{module}")
     launcher = kernels._KERNEL
     kept = launcher.prune(launcher.configs, {"dstate": dstate}, BLOCK_N=kernels.block_size(dstate))
     assert kept

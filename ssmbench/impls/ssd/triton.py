@@ -1,6 +1,13 @@
 """Our chunked Triton SSD (ssmbench/kernels/triton/ssd.py): five kernels, the matrix products on
-tensor cores for half precision and in IEEE float32 for float32 inputs."""
+tensor cores for half precision and in IEEE float32 for float32 inputs.
+
+Its backward is the selective-scan backward kernel (ssmbench/kernels/triton/
+selective_scan_backward.py) run over the heads' channels: SSD is that recurrence with one step
+size and one scalar A per head, shared by the head's p channels, so the kernel reads them at
+channel // p and the per-channel gradients of dt, A and dt_bias are summed over each head."""
 from __future__ import annotations
+
+import torch
 
 from ..base import triton_backend
 from . import SSDProblem
@@ -10,13 +17,65 @@ from . import SSDProblem
 MAX_CHUNK = 1024
 
 
+def _channels(t: torch.Tensor) -> torch.Tensor:
+    """(b, l, h, p) as the scan's (b, h * p, l), a view where the layout allows."""
+    return t.flatten(2).transpose(1, 2)
+
+
+class _SSD(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, dt_softplus):
+        from ...kernels.triton.ssd import ssd_forward
+
+        out, final = ssd_forward(x, dt, A, B, C, chunk_size, D=D, z=z, dt_bias=dt_bias,
+                                 initial_states=initial_states, dt_softplus=dt_softplus)
+        ctx.save_for_backward(x, dt, A, B, C, D, z, dt_bias, initial_states)
+        ctx.dt_softplus = dt_softplus
+        return out, final
+
+    @staticmethod
+    def backward(ctx, dout, dfinal):
+        from ...kernels.triton.selective_scan_backward import selective_scan_bwd
+
+        x, dt, A, B, C, D, z, dt_bias, initial_states = ctx.saved_tensors
+        b, l, h, p = x.shape
+        n = B.shape[-1]
+        g = selective_scan_bwd(
+            _channels(x), dt.transpose(1, 2), A[:, None].expand(h, n), B.permute(0, 2, 3, 1),
+            C.permute(0, 2, 3, 1), None if D is None else D.reshape(h, -1).expand(h, p).reshape(h * p),
+            None if z is None else _channels(z), dt_bias, ctx.dt_softplus, _channels(dout),
+            h0=None if initial_states is None else initial_states.reshape(b, h * p, n),
+            dlast=None if dfinal is None else dfinal.reshape(b, h * p, n), head_dim=p)
+
+        def per_head(t):  # (h * p, ...) summed over each head's p channels: (h,)
+            return t.reshape(h, -1).sum(1)
+
+        def sequence(t):  # the scan's (b, h * p, l) as (b, l, h, p)
+            return t.transpose(1, 2).unflatten(2, (h, p))
+
+        def cast(grad, like):
+            return None if like is None else grad.to(like.dtype)
+
+        dD = None if D is None else g["dD"].view(D.shape) if D.dim() == 2 else per_head(g["dD"])
+        return (sequence(g["du"]), cast(g["ddelta"].view(b, h, p, l).sum(2).transpose(1, 2), dt),
+                cast(per_head(g["dA"]), A), cast(g["dB"].permute(0, 3, 1, 2), B),
+                cast(g["dC"].permute(0, 3, 1, 2), C), None, cast(dD, D),
+                None if z is None else sequence(g["dz"]), cast(per_head(g["ddelta_bias"]), dt_bias),
+                cast(g["dh0"].view(b, h, p, n), initial_states) if initial_states is not None else None,
+                None)
+
+
 def ssd(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=None, initial_states=None,
         dt_softplus=False, return_final_states=False):
     """Shapes as ``ssmbench.ssd``; the final states are float32."""
     from ...kernels.triton.ssd import ssd_forward
 
-    out, final = ssd_forward(x, dt, A, B, C, chunk_size, D=D, z=z, dt_bias=dt_bias,
-                             initial_states=initial_states, dt_softplus=dt_softplus)
+    tensors = (x, dt, A, B, C, D, z, dt_bias, initial_states)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        out, final = _SSD.apply(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, dt_softplus)
+    else:
+        out, final = ssd_forward(x, dt, A, B, C, chunk_size, D=D, z=z, dt_bias=dt_bias,
+                                 initial_states=initial_states, dt_softplus=dt_softplus)
     return (out, final) if return_final_states else out
 
 
@@ -29,6 +88,7 @@ def _unsupported(problem: SSDProblem) -> list[str]:
 
 BACKEND = triton_backend(
     "ssd", f"{__name__}:ssd",
-    "Triton, chunked SSD: per-chunk states and outputs as tl.dot products, states passed between chunks",
-    limits={"chunk_size": MAX_CHUNK}, check_supported=_unsupported, first_call_s=7.5,
+    "Triton, chunked SSD: per-chunk states and outputs as tl.dot products, states passed between "
+    "chunks; backward: the selective-scan backward kernel over the heads' channels",
+    limits={"chunk_size": MAX_CHUNK}, check_supported=_unsupported, first_call_s=7.5, has_backward=True,
 )

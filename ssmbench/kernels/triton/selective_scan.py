@@ -30,6 +30,22 @@ def _compose(decay_first, drive_first, decay_then, drive_then):
 
 
 @triton.jit
+def chunk_states(h, dt, u, A, B):
+    """The states after each step of a chunk, (BLOCK_D, BLOCK_N, BLOCK_L), from the state h
+    (BLOCK_D, BLOCK_N) entering it; with the steps' decays exp(dt A) and drives dt u B."""
+    decay = tl.exp(dt[:, None, :] * A[:, :, None])
+    drive = (dt * u)[:, None, :] * B[None, :, :]
+    decay_prefix, drive_prefix = tl.associative_scan((decay, drive), axis=2, combine_fn=_compose)
+    return decay_prefix * h[:, :, None] + drive_prefix, decay, drive
+
+
+@triton.jit
+def column(tile, offs_l, index):
+    """Column ``index`` of a (BLOCK_D, BLOCK_N, BLOCK_L) tile: a state of the chunk."""
+    return tl.sum(tl.where(offs_l[None, None, :] == index, tile, 0.0), axis=2)
+
+
+@triton.jit
 def selective_scan_fwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, delta_bias_ptr, out_ptr, last_state_ptr,
     n_groups, dim_per_group, dstate, seqlen,
@@ -92,10 +108,7 @@ def selective_scan_fwd_kernel(
         B = tl.load(B_rows + pos[None, :] * stride_B_l, mask=mask_nl, other=0.0).to(tl.float32)
         C = tl.load(C_rows + pos[None, :] * stride_C_l, mask=mask_nl, other=0.0).to(tl.float32)
 
-        decay = tl.exp(dt[:, None, :] * A[:, :, None])  # (BLOCK_D, BLOCK_N, BLOCK_L)
-        drive = (dt * u)[:, None, :] * B[None, :, :]
-        decay_prefix, drive_prefix = tl.associative_scan((decay, drive), axis=2, combine_fn=_compose)
-        hs = decay_prefix * h[:, :, None] + drive_prefix
+        hs, _, _ = chunk_states(h, dt, u, A, B)
         y = tl.sum(hs * C[None, :, :], axis=1)
         if D_ptr is not None:
             y += D[:, None] * u
@@ -103,7 +116,7 @@ def selective_scan_fwd_kernel(
             z = tl.load(z_rows + pos[None, :] * stride_z_l, mask=mask_dl, other=0.0).to(tl.float32)
             y *= silu(z)
         tl.store(out_rows + pos[None, :] * stride_out_l, y.to(out_ptr.dtype.element_ty), mask=mask_dl)
-        h = tl.sum(tl.where(offs_l[None, None, :] == BLOCK_L - 1, hs, 0.0), axis=2)
+        h = column(hs, offs_l, BLOCK_L - 1)
 
     if last_state_ptr is not None:
         tl.store(last_state_ptr + batch * stride_last_b + chan[:, None] * stride_last_d

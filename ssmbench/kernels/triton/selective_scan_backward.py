@@ -32,7 +32,7 @@ import triton
 import triton.language as tl
 
 from .common import Launcher, block_size, product, prune_to_budget, softplus, strides
-from .selective_scan import _compose
+from .selective_scan import _compose, chunk_states, column
 
 
 @triton.jit
@@ -119,11 +119,8 @@ def selective_scan_bwd_kernel(
         u = tl.load(u_rows + pos[None, :] * stride_u_l, mask=mask_dl, other=0.0).to(tl.float32)
         dt, _ = _step_sizes(delta_rows, delta_bias, pos, stride_delta_l, mask_dl, DELTA_SOFTPLUS)
         B = tl.load(B_rows + pos[None, :] * stride_B_l, mask=mask_nl, other=0.0).to(tl.float32)
-        decay = tl.exp(dt[:, None, :] * A[:, :, None])
-        drive = (dt * u)[:, None, :] * B[None, :, :]
-        decay_prefix, drive_prefix = tl.associative_scan((decay, drive), axis=2, combine_fn=_compose)
-        hs = decay_prefix * h[:, :, None] + drive_prefix
-        h = tl.sum(tl.where(offs_l[None, None, :] == BLOCK_L - 1, hs, 0.0), axis=2)
+        hs, _, _ = chunk_states(h, dt, u, A, B)
+        h = column(hs, offs_l, BLOCK_L - 1)
 
     # Pass 2: lambda from the end; `carry` is lambda at the first step of the chunk after this.
     carry = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
@@ -152,10 +149,7 @@ def selective_scan_bwd_kernel(
         dout = tl.load(dout_rows + pos[None, :] * stride_dout_l, mask=mask_dl, other=0.0).to(tl.float32)
 
         h = tl.load(state_tiles + chunk * stride_cs_c, mask=mask_dn, other=0.0)
-        decay = tl.exp(dt[:, None, :] * A[:, :, None])
-        drive = (dt * u)[:, None, :] * B[None, :, :]
-        decay_prefix, drive_prefix = tl.associative_scan((decay, drive), axis=2, combine_fn=_compose)
-        hs = decay_prefix * h[:, :, None] + drive_prefix
+        hs, decay, drive = chunk_states(h, dt, u, A, B)
         y = tl.sum(hs * C[None, :, :], axis=1) + D[:, None] * u
 
         dy = dout
@@ -173,9 +167,9 @@ def selective_scan_bwd_kernel(
         adj_decay, adj_drive = tl.associative_scan(
             (shifted_decay, C[None, :, :] * dy[:, None, :]), axis=2, combine_fn=_compose, reverse=True)
         lam = adj_decay * carry[:, :, None] + adj_drive
-        carry = tl.sum(tl.where(offs_l[None, None, :] == 0, lam, 0.0), axis=2)
+        carry = column(lam, offs_l, 0)
         if h0_ptr is not None:  # the initial state enters step 0 as a_0 h0: its gradient a_0 lambda_0
-            dh0 = tl.sum(tl.where(offs_l[None, None, :] == 0, decay * lam, 0.0), axis=2)
+            dh0 = column(decay * lam, offs_l, 0)
 
         before = hs - drive  # a_t h_{t-1}
         lam_B = tl.sum(lam * B[None, :, :], axis=1)

@@ -94,23 +94,34 @@ def test_autograd_keeps_only_the_inputs(op_name):
     assert {t.data_ptr() for t in saved} - given
 
 
-@pytest.mark.parametrize("model,scale,backends", [
-    ("Mamba-130M", 48, "selective_scan={},causal_conv1d=torch"), ("Mamba-2-130M", 16, "ssd={},causal_conv1d=torch")])
-def test_a_training_step_through_the_triton_kernels(model, scale, backends):
-    """A backend swap reaches a whole model's training: the loss and every weight's gradient of a
-    small Mamba and Mamba-2 step through the Triton kernels equal those through torch ops
-    (Mamba-2 with 8 states: the interpreter's scans take minutes over its 128)."""
+# (model, width divisor, its op backends with the one under test left open)
+MODELS = [("Mamba-130M", 48, "selective_scan={},causal_conv1d=torch"),
+          ("Mamba-2-130M", 16, "ssd={},causal_conv1d=torch")]
+TORCH_BACKEND = {"Mamba-130M": "torch_fast", "Mamba-2-130M": "torch_chunked"}
+
+
+def small_config(model: str, scale: int):
+    """The model at widths / scale, 2 layers and a 64-token vocabulary; Mamba-2 with 8 states
+    (the interpreter's scans take minutes over its 128)."""
     import dataclasses
 
     from ssmbench.models.generate import case_config
-    from ssmbench.models.train import lm_loss, train_model
 
     runnable("selective_scan" if model == "Mamba-130M" else "ssd")
     config = case_config(model, scale=scale, layers=2, vocab=64, max_len=24)
-    config = dataclasses.replace(config, mamba=dataclasses.replace(config.mamba, d_state=min(config.mamba.d_state, 8)))
+    return dataclasses.replace(config, mamba=dataclasses.replace(config.mamba, d_state=min(config.mamba.d_state, 8)))
+
+
+@pytest.mark.parametrize("model,scale,backends", MODELS)
+def test_a_training_step_through_the_triton_kernels(model, scale, backends):
+    """A backend swap reaches a whole model's training: the loss and every weight's gradient of a
+    small Mamba and Mamba-2 step through the Triton kernels equal those through torch ops."""
+    from ssmbench.models.train import lm_loss, train_model
+
+    config = small_config(model, scale)
     ids = torch.randint(0, 64, (2, 24), generator=torch.Generator().manual_seed(0)).to(DEVICE)
     grads = {}
-    for name in ("triton", "torch_fast" if model == "Mamba-130M" else "torch_chunked"):
+    for name in ("triton", TORCH_BACKEND[model]):
         net, _ = train_model(config, backends.format(name), device=DEVICE, seed=0)
         loss = lm_loss(net, ids)
         loss.backward()
@@ -120,3 +131,20 @@ def test_a_training_step_through_the_triton_kernels(model, scale, backends):
     assert mine.keys() == want.keys()
     for k in want:
         torch.testing.assert_close(mine[k], want[k], rtol=1e-4, atol=1e-6, msg=k)
+
+
+@pytest.mark.parametrize("model,scale,backends", MODELS)
+def test_the_memory_count_runs_the_triton_kernels_on_meta(model, scale, backends):
+    """On meta a launch computes nothing, so a step through the Triton scan and SSD can be
+    counted there (Mamba-2's too, which the chunked torch SSD cannot): the count equals the one
+    on real tensors, and it is below that through torch ops, which keep their intermediates."""
+    from ssmbench.models.train import count_step
+
+    config = small_config(model, scale)
+    meta = count_step(config, 2, 24, backends.format("triton"), device="meta")
+    assert meta == count_step(config, 2, 24, backends.format("triton"), device=DEVICE)
+    if model == "Mamba-130M":
+        assert meta.activations < count_step(config, 2, 24, backends.format("torch_fast"), device="meta").activations
+    else:
+        with pytest.raises(RuntimeError, match="meta"):  # it reads values: why Mamba-2 is counted through Triton
+            count_step(config, 2, 24, backends.format("torch_chunked"), device="meta")

@@ -6,8 +6,9 @@ the parameters, their gradients, AdamW's states, and the activations autograd sa
 backward (seen through ``torch.autograd.graph.saved_tensors_hooks``; each storage once however
 many views of it are saved; parameters saved by an op are the parameters, not counted again).
 On torch's "meta" device the step allocates nothing and computes nothing, so the count of a
-125M model at batch 32 costs no memory; every op must have a meta kernel (our chunked SSD reads
-values to choose its path, so Mamba-2 cannot be counted there). A stack whose layers are
+125M model at batch 32 costs no memory; every op must have a meta kernel (our chunked torch SSD
+reads values to choose its path, so Mamba-2 is counted there only through our Triton SSD, whose
+launches do nothing on meta: on a CPU under TRITON_INTERPRET=1). A stack whose layers are
 all alike (Mamba, a Transformer) is counted at depths 1 and 2 and the count extended to the full
 depth: every figure is affine in the number of identical layers, and the scans' per-step Python
 loops make a full-depth step on meta take minutes. ``training_memory_case`` records the depths it

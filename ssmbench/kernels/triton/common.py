@@ -100,6 +100,10 @@ class Launcher:
     def __getitem__(self, grid):
         def launch(*args, **kwargs):
             device = next(a.device for a in args if isinstance(a, torch.Tensor))
+            if device.type == "meta":
+                # torch's meta device computes shapes alone, and the callers allocate every
+                # output: a launch there has nothing to do (what a memory count runs).
+                return None
             # Triton launches on the current CUDA device; the tensors may live on another one.
             guard = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
             with guard:

@@ -5,18 +5,18 @@ One program owns one batch element and a block of channels of one group of B/C, 
 forward kernel, and makes two passes over the sequence in chunks of BLOCK_L steps:
 
 1. forward, from the initial state: the state entering each chunk is written to a scratch
-   buffer, (b, chunks, d, n) float32, 1/BLOCK_L of the states' size;
+   buffer, (b, L / 16, d, n) float32 (16: the shortest chunk), a sixteenth of all the states;
 2. backward, chunk by chunk from the end: the chunk's states are rebuilt from the one entering
    it (the forward's prefix scan), and the adjoint lambda_t = dL/dh_t, which obeys
    lambda_t = C_t dy_t + a_{t+1} lambda_{t+1}, is a reverse prefix scan of the same affine maps
    with the decays shifted by one step (a_{t+1} is read at position t + 1), carried across
-   chunks as the forward carries h. The last state's gradient is lambda's start.
+   chunks as the forward carries h, and starting from the last state's gradient.
 
 From lambda and the states, with a_t h_{t-1} = h_t - b_t (no division by a decay that may
 underflow):
   dC_t = sum_d dy_t h_t            du_t = dt_t sum_n lambda_t B_t + D dy_t
   dB_t = sum_d lambda_t dt_t u_t   ddt_t = sum_n lambda_t (u_t B_t + A (h_t - b_t))
-  dA = sum_t lambda_t dt_t (h_t - b_t)            dh_0 = a_1 lambda_1 (the initial state's)
+  dA = sum_t lambda_t dt_t (h_t - b_t)     d h_init = a_0 lambda_0 (steps numbered from 0)
 Sums over channels (dB, dC) and over the batch (dA, dD, d delta_bias) cross programs and are
 added atomically into float32 buffers.
 

@@ -1,6 +1,7 @@
 """Our Triton backward kernel (the selective scan's, which the SSD backend also runs) beyond the
 generic gradient check of tests/test_backward.py: half precision, every chunk length the
-autotuner may pick, a perturbed kernel caught, and what autograd keeps between the passes.
+autotuner may pick, a perturbed kernel caught, what autograd keeps between the passes, whole
+training steps through it, and the memory count on meta.
 
 Without a CUDA GPU the kernels run only under TRITON_INTERPRET=1; without it these tests skip,
 giving the backend's reason.
@@ -16,6 +17,7 @@ DEVICE = "cpu" if triton_interpreting() else "cuda"
 # Each op's third test problem has groups, D, z, delta bias (dt bias), softplus and a returned
 # last state, whose gradient the backward also takes.
 PROBLEM = 2
+TORCH_BACKEND = {"selective_scan": "torch_fast", "ssd": "torch_chunked"}  # compositions of torch ops
 
 
 def runnable(op_name: str, **changes):
@@ -76,7 +78,7 @@ def test_check_catches_a_perturbed_backward(op_name, grad, name, monkeypatch):
 @pytest.mark.parametrize("op_name", ["selective_scan", "ssd"])
 def test_autograd_keeps_only_the_inputs(op_name):
     """The backward rebuilds the states: between the passes autograd holds the inputs alone,
-    where torch_fast, a composition of torch ops, keeps its states too."""
+    where a composition of torch ops keeps its intermediates too."""
     from ssmbench.harness.check import with_grad
 
     backend, problem = runnable(op_name)
@@ -87,17 +89,19 @@ def test_autograd_keeps_only_the_inputs(op_name):
         backend(**inputs)
     assert saved and {t.data_ptr() for t in saved} <= given
 
-    other = get_backend(op_name, "torch_fast" if op_name == "selective_scan" else "torch_chunked")
     saved.clear()
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
-        other(**with_grad(inputs))
+        get_backend(op_name, TORCH_BACKEND[op_name])(**inputs)
     assert {t.data_ptr() for t in saved} - given
 
 
 # (model, width divisor, its op backends with the one under test left open)
 MODELS = [("Mamba-130M", 48, "selective_scan={},causal_conv1d=torch"),
           ("Mamba-2-130M", 16, "ssd={},causal_conv1d=torch")]
-TORCH_BACKEND = {"Mamba-130M": "torch_fast", "Mamba-2-130M": "torch_chunked"}
+
+
+def _op(model: str) -> str:
+    return "selective_scan" if model == "Mamba-130M" else "ssd"
 
 
 def small_config(model: str, scale: int):
@@ -107,7 +111,7 @@ def small_config(model: str, scale: int):
 
     from ssmbench.models.generate import case_config
 
-    runnable("selective_scan" if model == "Mamba-130M" else "ssd")
+    runnable(_op(model))
     config = case_config(model, scale=scale, layers=2, vocab=64, max_len=24)
     return dataclasses.replace(config, mamba=dataclasses.replace(config.mamba, d_state=min(config.mamba.d_state, 8)))
 
@@ -121,7 +125,7 @@ def test_a_training_step_through_the_triton_kernels(model, scale, backends):
     config = small_config(model, scale)
     ids = torch.randint(0, 64, (2, 24), generator=torch.Generator().manual_seed(0)).to(DEVICE)
     grads = {}
-    for name in ("triton", TORCH_BACKEND[model]):
+    for name in ("triton", TORCH_BACKEND[_op(model)]):
         net, _ = train_model(config, backends.format(name), device=DEVICE, seed=0)
         loss = lm_loss(net, ids)
         loss.backward()
@@ -143,8 +147,9 @@ def test_the_memory_count_runs_the_triton_kernels_on_meta(model, scale, backends
     config = small_config(model, scale)
     meta = count_step(config, 2, 24, backends.format("triton"), device="meta")
     assert meta == count_step(config, 2, 24, backends.format("triton"), device=DEVICE)
+    through_torch = backends.format(TORCH_BACKEND[_op(model)])
     if model == "Mamba-130M":
-        assert meta.activations < count_step(config, 2, 24, backends.format("torch_fast"), device="meta").activations
+        assert meta.activations < count_step(config, 2, 24, through_torch, device="meta").activations
     else:
         with pytest.raises(RuntimeError, match="meta"):  # it reads values: why Mamba-2 is counted through Triton
-            count_step(config, 2, 24, backends.format("torch_chunked"), device="meta")
+            count_step(config, 2, 24, through_torch, device="meta")

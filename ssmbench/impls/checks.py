@@ -151,3 +151,14 @@ def weight_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype of weights and carried states for activations of ``dtype``: float32 for half
     precision (Mamba's mixed precision), float64 for float64."""
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def records_grad(*tensors: torch.Tensor | None) -> bool:
+    """Whether autograd records a call on these tensors (an op with its own backward then goes
+    through its autograd.Function; otherwise the forward kernel alone runs)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def grad_as(grad: torch.Tensor | None, like: torch.Tensor | None) -> torch.Tensor | None:
+    """A kernel's float32 gradient in its input's dtype; None for an input that was not given."""
+    return None if like is None else grad.to(like.dtype)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from ..base import triton_backend
+from ..checks import grad_as, records_grad
 
 
 def _forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state):
@@ -32,19 +33,18 @@ class _SelectiveScan(torch.autograd.Function):
 
         u, delta, A, B, C, D, z, delta_bias = ctx.saved_tensors
         g = selective_scan_bwd(u, delta, A, B, C, D, z, delta_bias, ctx.delta_softplus, dout, dlast=dlast)
-        return (g["du"], g["ddelta"].to(delta.dtype), g["dA"].to(A.dtype), g["dB"].to(B.dtype),
-                g["dC"].to(C.dtype), g["dD"].to(D.dtype) if D is not None else None, g["dz"],
-                g["ddelta_bias"].to(delta_bias.dtype) if delta_bias is not None else None, None, None)
+        return (g["du"], grad_as(g["ddelta"], delta), grad_as(g["dA"], A), grad_as(g["dB"], B),
+                grad_as(g["dC"], C), grad_as(g["dD"], D), g["dz"], grad_as(g["ddelta_bias"], delta_bias),
+                None, None)
 
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                    return_last_state=False):
     """Shapes as ``ssmbench.selective_scan``; the last state is float32."""
-    ungrouped = B.dim() == 3
-    if ungrouped:  # one group
+    if B.dim() == 3:  # ungrouped B, C are one group
         B, C = B.unsqueeze(1), C.unsqueeze(1)
     tensors = (u, delta, A, B, C, D, z, delta_bias)
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+    if records_grad(*tensors):
         out, last_state = _SelectiveScan.apply(*tensors, delta_softplus, return_last_state)
     else:
         out, last_state = _forward(*tensors, delta_softplus, return_last_state)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from ..base import triton_backend
+from ..checks import grad_as, records_grad
 from . import SSDProblem
 
 # The kernels hold a whole chunk of step sizes in one tile and a (chunk, chunk) block of C.B per
@@ -53,16 +54,13 @@ class _SSD(torch.autograd.Function):
         def sequence(t):  # the scan's (b, h * p, l) as (b, l, h, p)
             return t.transpose(1, 2).unflatten(2, (h, p))
 
-        def cast(grad, like):
-            return None if like is None else grad.to(like.dtype)
-
         dD = None if D is None else g["dD"].view(D.shape) if D.dim() == 2 else per_head(g["dD"])
-        return (sequence(g["du"]), cast(g["ddelta"].view(b, h, p, l).sum(2).transpose(1, 2), dt),
-                cast(per_head(g["dA"]), A), cast(g["dB"].permute(0, 3, 1, 2), B),
-                cast(g["dC"].permute(0, 3, 1, 2), C), None, cast(dD, D),
-                None if z is None else sequence(g["dz"]), cast(per_head(g["ddelta_bias"]), dt_bias),
-                cast(g["dh0"].view(b, h, p, n), initial_states) if initial_states is not None else None,
-                None)
+        dh0 = None if initial_states is None else g["dh0"].view(b, h, p, n)
+        return (sequence(g["du"]), grad_as(g["ddelta"].view(b, h, p, l).sum(2).transpose(1, 2), dt),
+                grad_as(per_head(g["dA"]), A), grad_as(g["dB"].permute(0, 3, 1, 2), B),
+                grad_as(g["dC"].permute(0, 3, 1, 2), C), None, grad_as(dD, D),
+                None if z is None else sequence(g["dz"]), grad_as(per_head(g["ddelta_bias"]), dt_bias),
+                grad_as(dh0, initial_states), None)
 
 
 def ssd(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=None, initial_states=None,
@@ -71,7 +69,7 @@ def ssd(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=None, initial_st
     from ...kernels.triton.ssd import ssd_forward
 
     tensors = (x, dt, A, B, C, D, z, dt_bias, initial_states)
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+    if records_grad(*tensors):
         out, final = _SSD.apply(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, dt_softplus)
     else:
         out, final = ssd_forward(x, dt, A, B, C, chunk_size, D=D, z=z, dt_bias=dt_bias,
